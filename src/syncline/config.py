@@ -1,0 +1,231 @@
+"""Configuration: one YAML file, ``${ENV}`` interpolation, validated value objects.
+
+Every error names the field path and what is wrong, in one line, e.g.
+``config.yaml: pipelines[0].source.dsn: field required``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from syncline.errors import ConfigError
+
+_NAME = r"^[a-z][a-z0-9_-]{0,62}$"
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _qualify(table: str) -> str:
+    """``orders`` → ``public.orders``; ``a.b`` stays; anything else is an error."""
+    parts = table.split(".")
+    if len(parts) == 1:
+        parts = ["public", parts[0]]
+    if len(parts) != 2 or not all(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_$]*", p) for p in parts):
+        raise ValueError(f"{table!r} is not a table name (use schema.table or table)")
+    return ".".join(parts)
+
+
+class PostgresSourceConfig(_Model):
+    kind: Literal["postgres"]
+    dsn: str
+    tables: list[str] = Field(min_length=1)
+    snapshot: Literal["initial", "never"] = "initial"
+    slot: str | None = Field(default=None, pattern=r"^[a-z0-9_]{1,63}$")
+    publication: str | None = Field(default=None, pattern=r"^[a-z0-9_]{1,63}$")
+    heartbeat_interval: float = Field(default=10.0, gt=0)
+    heartbeat_query: str | None = None
+    status_interval: float = Field(default=1.0, gt=0)
+
+    _tables = field_validator("tables")(lambda v: [_qualify(t) for t in v])
+
+
+class SqliteSourceConfig(_Model):
+    kind: Literal["sqlite"]
+    path: str
+    tables: list[str] = Field(min_length=1)
+    snapshot: Literal["initial", "never"] = "initial"
+    poll_interval: float = Field(default=0.02, gt=0)
+
+    @field_validator("tables")
+    @classmethod
+    def _plain(cls, v: list[str]) -> list[str]:
+        out = []
+        for t in v:
+            name = t.removeprefix("main.")
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+                raise ValueError(f"{t!r} is not a SQLite table name")
+            out.append(name)
+        return out
+
+
+SourceConfig = Annotated[PostgresSourceConfig | SqliteSourceConfig, Field(discriminator="kind")]
+
+
+class EmbeddedTransportConfig(_Model):
+    kind: Literal["embedded"] = "embedded"
+    path: str = "./.syncline"
+    partitions: int = Field(default=4, ge=1, le=256)
+    retention_hours: float = Field(default=168.0, gt=0)
+    fsync: bool = True
+
+
+TransportConfig = Annotated[EmbeddedTransportConfig, Field(discriminator="kind")]
+
+
+class TableOptions(_Model):
+    target: str | None = None  # another name (and schema) in the target database
+
+
+class _SinkBase(_Model):
+    tables: dict[str, TableOptions] = Field(default_factory=dict)
+    create_tables: bool = False
+
+    @field_validator("tables", mode="before")
+    @classmethod
+    def _none_is_default(cls, v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: ({} if opts is None else opts) for k, opts in v.items()}
+        return v
+
+
+class PostgresSinkConfig(_SinkBase):
+    kind: Literal["postgres"]
+    dsn: str
+
+    @field_validator("tables")
+    @classmethod
+    def _qualified(cls, v: dict[str, TableOptions]) -> dict[str, TableOptions]:
+        return {_qualify(k): o for k, o in v.items()}
+
+
+class SqliteSinkConfig(_SinkBase):
+    kind: Literal["sqlite"]
+    path: str
+    create_tables: bool = True
+
+
+SinkConfig = Annotated[PostgresSinkConfig | SqliteSinkConfig, Field(discriminator="kind")]
+
+
+class BatchConfig(_Model):
+    max_events: int = Field(default=5000, ge=1, le=1_000_000)
+    max_wait_ms: int = Field(default=20, ge=0, le=60_000)
+
+
+class PipelineConfig(_Model):
+    name: str = Field(pattern=_NAME)
+    source: SourceConfig
+    transport: TransportConfig = Field(default_factory=EmbeddedTransportConfig)
+    transforms: list[dict[str, Any]] = Field(default_factory=list)
+    sink: SinkConfig
+    batch: BatchConfig = Field(default_factory=BatchConfig)
+
+    @field_validator("transforms")
+    @classmethod
+    def _no_transforms_yet(cls, v: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        if v:
+            raise ValueError("transforms are not supported in this version; leave the list empty")
+        return v
+
+
+class Config(_Model):
+    pipelines: list[PipelineConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Config:
+        seen: set[str] = set()
+        for p in self.pipelines:
+            if p.name in seen:
+                raise ValueError(f"pipeline name {p.name!r} is used twice")
+            seen.add(p.name)
+        return self
+
+    def pipeline(self, name: str) -> PipelineConfig:
+        for p in self.pipelines:
+            if p.name == name:
+                return p
+        raise ConfigError(f"no pipeline named {name!r} (have: {', '.join(p.name for p in self.pipelines)})")
+
+
+def interpolate(text: str, env: dict[str, str] | None = None) -> str:
+    """Replace ``${VAR}`` and ``${VAR:-default}``; an unset VAR without default is an error."""
+    env = dict(os.environ) if env is None else env
+    missing: list[str] = []
+
+    def sub(m: re.Match[str]) -> str:
+        name, default = m.group(1), m.group(2)
+        if name in env:
+            return env[name]
+        if default is not None:
+            return default
+        missing.append(name)
+        return ""
+
+    out = _ENV.sub(sub, text)
+    if missing:
+        raise ConfigError(
+            f"environment variable {missing[0]} is not set (referenced as ${{{missing[0]}}}; "
+            "set it or write ${" + missing[0] + ":-default})"
+        )
+    return out
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("postgres", "sqlite", "embedded") and out.endswith(("source", "sink", "transport")):
+            continue  # pydantic's discriminator tag adds noise to the path
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def format_validation_error(exc: ValidationError, origin: str) -> str:
+    parts = []
+    for err in exc.errors():
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling)"
+        elif err["type"] == "union_tag_invalid":
+            msg = f"unknown kind {err['ctx']['tag']!r}; expected one of {err['ctx']['expected_tags']}"
+        parts.append(f"{_loc(err['loc'])}: {msg}")
+    return f"{origin}: " + "; ".join(parts)
+
+
+def parse_config(data: Any, origin: str = "config") -> Config:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{origin}: expected a mapping with a 'pipelines' list at the top")
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, origin)) from None
+
+
+def load_config(path: str | os.PathLike[str], env: dict[str, str] | None = None) -> Config:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{p}: cannot read config file: {exc}") from None
+    text = interpolate(text, env)
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{p}: invalid YAML{where}: {problem}") from None
+    return parse_config(data, str(p))

@@ -1,0 +1,1 @@
+"""Targets that changes are applied to (databases, later caches and webhooks)."""

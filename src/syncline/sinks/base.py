@@ -1,0 +1,46 @@
+"""What every sink provides.
+
+``apply`` takes a batch of changes plus the log positions they bring the
+pipeline to, and makes both durable in one target transaction. That is the
+exactly-once contract: after any crash, ``positions()`` says exactly which
+changes the target already holds, and the dispatcher resumes the log there, so
+a redelivered change is never applied twice.
+
+Within a batch, changes of one key arrive in log order; a sink may fold them
+(last image wins) but must keep that order's outcome.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from syncline.events import Change
+
+
+@dataclass(slots=True)
+class ApplyResult:
+    applied: int = 0  # changes whose effect reached the target
+    skipped: int = 0  # changes folded into a later one of the same key
+
+
+class Sink(abc.ABC):
+    @abc.abstractmethod
+    def check(self) -> list[str]:
+        """Verify connectivity and target tables; raise a ``SynclineError`` if wrong."""
+
+    @abc.abstractmethod
+    def open(self, pipeline: str) -> None:
+        """Connect and create the offsets table if needed."""
+
+    @abc.abstractmethod
+    def positions(self) -> dict[int, int]:
+        """Next log offset per partition, as committed with the rows."""
+
+    @abc.abstractmethod
+    def apply(self, changes: Sequence[Change], positions: Mapping[int, int]) -> ApplyResult:
+        """Apply ``changes`` and store ``positions`` in one transaction."""
+
+    @abc.abstractmethod
+    def close(self) -> None: ...

@@ -1,0 +1,1 @@
+"""Change-data-capture sources. Each backend module imports its own driver."""

@@ -1,0 +1,1 @@
+"""Per-pipeline transform chain (rename, cast, filter, mask, ...); see issue 3."""

@@ -1,0 +1,1 @@
+"""Durable logs between capture and apply (embedded by default)."""

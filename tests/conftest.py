@@ -1,0 +1,45 @@
+"""Shared fixtures: real servers, never mocks (see tests/servers.py)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterator
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+from servers import PgServer, start_postgres  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    server = start_postgres()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def new_pg_db(pg_server: PgServer) -> Iterator[Callable[[], str]]:
+    """Factory: each call creates a fresh database and returns its DSN."""
+    made: list[str] = []
+
+    def make() -> str:
+        dsn = pg_server.create_database()
+        made.append(dsn)
+        return dsn
+
+    yield make
+    for dsn in made:
+        pg_server.drop_database(dsn)
+
+
+@pytest.fixture
+def pg_source_dsn(new_pg_db: Callable[[], str]) -> str:
+    return new_pg_db()
+
+
+@pytest.fixture
+def pg_target_dsn(new_pg_db: Callable[[], str]) -> str:
+    return new_pg_db()

@@ -1,0 +1,177 @@
+"""Throwaway servers for tests and benchmarks.
+
+``SYNCLINE_TEST_PG_DSN`` names an existing PostgreSQL (superuser, ``wal_level=logical``)
+to use instead; otherwise a private cluster is initialised from the system's
+PostgreSQL binaries in a temporary directory (run as the ``postgres`` OS user
+when we are root, since PostgreSQL refuses to run as root) and removed at exit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit, urlunsplit
+
+PG_PASSWORD = "syncline-test"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _pg_bindir() -> str:
+    for cand in sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True):
+        if os.path.exists(os.path.join(cand, "initdb")):
+            return cand
+    initdb = shutil.which("initdb")
+    if initdb:
+        return os.path.dirname(os.path.realpath(initdb))
+    raise RuntimeError(
+        "no PostgreSQL server binaries found: install them (apt-get install postgresql) "
+        "or set SYNCLINE_TEST_PG_DSN to a server with wal_level=logical"
+    )
+
+
+def _as_pg_user(cmd: list[str]) -> list[str]:
+    if os.geteuid() != 0:
+        return cmd
+    return ["runuser", "-u", "postgres", "--", *cmd]
+
+
+@dataclass
+class PgServer:
+    """A PostgreSQL server we may create databases on (superuser DSN)."""
+
+    admin_dsn: str
+    datadir: str | None = None
+    bindir: str | None = None
+    _databases: list[str] = field(default_factory=list)
+
+    def dsn(self, dbname: str) -> str:
+        parts = urlsplit(self.admin_dsn)
+        return urlunsplit(parts._replace(path="/" + dbname))
+
+    def create_database(self, prefix: str = "t") -> str:
+        import psycopg2
+
+        name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+        conn = psycopg2.connect(self.admin_dsn)
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(f'CREATE DATABASE "{name}"')
+        conn.close()
+        self._databases.append(name)
+        return self.dsn(name)
+
+    def drop_database(self, dsn: str) -> None:
+        import psycopg2
+
+        name = urlsplit(dsn).path.lstrip("/")
+        conn = psycopg2.connect(self.admin_dsn)
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(
+                "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots "
+                "WHERE database = %s AND active_pid IS NOT NULL",
+                (name,),
+            )
+            time.sleep(0.05)
+            cur.execute("SELECT slot_name FROM pg_replication_slots WHERE database = %s", (name,))
+            for (slot,) in cur.fetchall():
+                with contextlib.suppress(Exception):
+                    cur.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.close()
+
+    def stop(self) -> None:
+        if self.datadir and self.bindir:
+            subprocess.run(
+                _as_pg_user([f"{self.bindir}/pg_ctl", "-D", self.datadir, "-m", "immediate", "stop"]),
+                capture_output=True,
+                check=False,
+            )
+            shutil.rmtree(os.path.dirname(self.datadir), ignore_errors=True)
+
+    def restart(self) -> None:
+        """Restart a server we started ourselves (fault tests)."""
+        assert self.datadir and self.bindir, "only a throwaway server can be restarted"
+        subprocess.run(
+            _as_pg_user([f"{self.bindir}/pg_ctl", "-D", self.datadir, "-m", "fast", "-w", "restart"]),
+            capture_output=True,
+            check=True,
+        )
+
+
+def start_postgres() -> PgServer:
+    env_dsn = os.environ.get("SYNCLINE_TEST_PG_DSN")
+    if env_dsn:
+        return PgServer(admin_dsn=env_dsn)
+    bindir = _pg_bindir()
+    root = tempfile.mkdtemp(prefix="syncline-pg-")
+    os.chmod(root, 0o755)
+    datadir = os.path.join(root, "data")
+    sockdir = os.path.join(root, "sock")
+    os.makedirs(sockdir)
+    pwfile = os.path.join(root, "pw")
+    with open(pwfile, "w") as f:
+        f.write(PG_PASSWORD)
+    if os.geteuid() == 0:
+        shutil.chown(root, "postgres")
+        shutil.chown(sockdir, "postgres")
+        shutil.chown(pwfile, "postgres")
+    subprocess.run(
+        _as_pg_user([
+            f"{bindir}/initdb", "-D", datadir, "-U", "postgres", "--pwfile", pwfile,
+            "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8", "--locale=C.UTF-8",
+        ]),
+        capture_output=True,
+        check=True,
+    )
+    port = _free_port()
+    conf = {
+        "listen_addresses": "'127.0.0.1'",
+        "port": str(port),
+        "unix_socket_directories": f"'{sockdir}'",
+        "wal_level": "logical",
+        "max_replication_slots": "64",
+        "max_wal_senders": "64",
+        "max_connections": "200",
+        "fsync": "off",
+        "synchronous_commit": "off",
+        "full_page_writes": "off",
+        "shared_buffers": "256MB",
+        "max_wal_size": "2GB",
+        "wal_sender_timeout": "60s",
+        "track_commit_timestamp": "on",
+        "logging_collector": "off",
+    }
+    with open(os.path.join(datadir, "postgresql.auto.conf"), "a") as f:
+        for k, v in conf.items():
+            f.write(f"{k} = {v}\n")
+    subprocess.run(
+        _as_pg_user([f"{bindir}/pg_ctl", "-D", datadir, "-l", os.path.join(root, "log"), "-w", "start"]),
+        capture_output=True,
+        check=True,
+    )
+    dsn = f"postgresql://postgres:{PG_PASSWORD}@127.0.0.1:{port}/postgres"
+    return PgServer(admin_dsn=dsn, datadir=datadir, bindir=bindir)
+
+
+@contextlib.contextmanager
+def postgres() -> Iterator[PgServer]:
+    server = start_postgres()
+    try:
+        yield server
+    finally:
+        server.stop()
