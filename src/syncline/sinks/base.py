@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from syncline.events import Change
+from syncline.schema import TableSchema
 
 
 @dataclass(slots=True)
@@ -33,6 +34,15 @@ class Sink(abc.ABC):
     @abc.abstractmethod
     def open(self, pipeline: str) -> None:
         """Connect and create the offsets table if needed."""
+
+    @abc.abstractmethod
+    def prepare(self, schemas: Mapping[str, TableSchema]) -> None:
+        """Check (or, if configured, create) the target table of each source table.
+
+        ``schemas`` is keyed by source ``schema.table``. A missing target table
+        without ``create_tables``, or a target missing a source column or key,
+        raises ``SchemaError`` naming the table and columns.
+        """
 
     @abc.abstractmethod
     def positions(self) -> dict[int, int]:

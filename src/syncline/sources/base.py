@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from syncline.events import Change
+from syncline.schema import TableSchema
 
 Checkpoint = dict[str, Any]
 ProgressFn = Callable[[str, int, int | None], None]
@@ -50,6 +51,10 @@ class Source(abc.ABC):
         Returns human-readable notes; raises a ``SynclineError`` with a one-line
         message when something is wrong.
         """
+
+    @abc.abstractmethod
+    def describe(self) -> dict[str, TableSchema]:
+        """Shape of every captured table, keyed by ``schema.table`` (needs a connection)."""
 
     @abc.abstractmethod
     def open(self, checkpoint: Checkpoint | None) -> None:
