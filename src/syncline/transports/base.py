@@ -103,4 +103,8 @@ class Transport(abc.ABC):
         """A consumer of ``group`` reading ``partitions`` (default: all)."""
 
     @abc.abstractmethod
+    def end_offsets(self) -> dict[int, int]:
+        """Next offset to be written per partition (how far the log reaches now)."""
+
+    @abc.abstractmethod
     def close(self) -> None: ...
