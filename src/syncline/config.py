@@ -220,7 +220,10 @@ def load_config(path: str | os.PathLike[str], env: dict[str, str] | None = None)
         raise ConfigError(f"{p}: config file not found") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{p}: cannot read config file: {exc}") from None
-    text = interpolate(text, env)
+    try:
+        text = interpolate(text, env)
+    except ConfigError as exc:
+        raise ConfigError(f"{p}: {exc}") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

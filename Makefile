@@ -1,0 +1,43 @@
+# Two commands on a fresh Linux machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+
+.PHONY: setup demo test test-slow lint format bench clean system-deps
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+demo: setup
+	$(BIN)/syncline demo
+
+# PostgreSQL server binaries for the throwaway test server (skipped when
+# SYNCLINE_TEST_PG_DSN points at a server with wal_level=logical).
+system-deps:
+	@scripts/system-deps.sh
+
+test: setup system-deps lint
+	$(BIN)/pytest
+
+test-slow: setup system-deps
+	$(BIN)/pytest -m slow
+
+lint: setup
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+	$(BIN)/mypy
+
+format: setup
+	$(BIN)/ruff format src tests bench
+	$(BIN)/ruff check --fix src tests bench
+
+bench: setup system-deps
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info src/*.egg-info

@@ -1,0 +1,240 @@
+"""One pipeline: a capture worker and an apply worker joined by the durable log.
+
+capture: source.read → encode → producer.publish(records, checkpoint) → source.ack
+apply:   consumer.poll → decode → sink.apply(changes, positions) → consumer.commit
+
+The two workers share nothing but the log, so either can restart (or, later, run
+in another process) without the other noticing. Transient failures are retried
+with backoff forever, reopening the failed side from durable state: the capture
+side from the log's checkpoint, the apply side from the sink's stored positions.
+A permanent failure stops the pipeline with its one-line reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from syncline.config import PipelineConfig
+from syncline.errors import PermanentError, SynclineError, TransientError
+from syncline.events import Change, decode_key, decode_value, encode_key, encode_value, now_us
+from syncline.factory import build_sink, build_source, build_transport
+from syncline.metrics import PipelineStats
+from syncline.retry import Backoff
+from syncline.schema import TableSchema
+from syncline.sinks.base import Sink
+from syncline.sources.base import Source
+from syncline.transports.base import Consumer, Producer, Record, Transport
+
+log = logging.getLogger("syncline.pipeline")
+
+
+class Pipeline:
+    def __init__(
+        self,
+        cfg: PipelineConfig,
+        *,
+        source_factory: Callable[[], Source] | None = None,
+        sink_factory: Callable[[], Sink] | None = None,
+        transport: Transport | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.name = cfg.name
+        self.stats = PipelineStats(cfg.name)
+        self._source_factory = source_factory or (lambda: build_source(cfg.source, cfg.name))
+        self._sink_factory = sink_factory or (lambda: build_sink(cfg.sink, cfg.name))
+        self.transport = transport or build_transport(cfg.transport, cfg.name)
+        self._stop_capture = threading.Event()
+        self._stop_apply = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._schemas: dict[str, TableSchema] | None = None
+        self._schemas_ready = threading.Event()
+        self._applied_end: dict[int, int] = {}
+        self.failure: SynclineError | None = None
+
+    # ---- lifecycle -------------------------------------------------------------------
+
+    def check(self) -> list[str]:
+        notes = [*self._source_factory().check(), *self.transport.check()]
+        notes += self._sink_factory().check()
+        return notes
+
+    def start(self) -> None:
+        self._threads = [
+            threading.Thread(target=self._guard(self._capture_loop), name=f"{self.name}-capture", daemon=True),
+            threading.Thread(target=self._guard(self._apply_loop), name=f"{self.name}-apply", daemon=True),
+        ]
+        for t in self._threads:
+            t.start()
+
+    def stop(self, drain: bool = True, timeout: float = 10.0) -> None:
+        """Stop capture, let apply catch up with what the log holds (if ``drain``), then stop."""
+        deadline = time.monotonic() + timeout
+        self.stats.state = "stopping" if self.stats.state != "failed" else "failed"
+        self._stop_capture.set()
+        self._threads[0].join(max(0.0, deadline - time.monotonic()))
+        if drain:
+            ends = self.transport.end_offsets()
+            while time.monotonic() < deadline and self._threads[1].is_alive() and not self.caught_up(ends):
+                time.sleep(0.01)
+        self._stop_apply.set()
+        self._threads[1].join(max(0.0, deadline - time.monotonic()))
+        if self.stats.state != "failed":
+            self.stats.state = "stopped"
+        self.transport.close()
+
+    def caught_up(self, ends: dict[int, int] | None = None) -> bool:
+        """True when apply has reached the log's end (or the given end offsets)."""
+        ends = self.transport.end_offsets() if ends is None else ends
+        applied = self._applied_end
+        return all(applied.get(p, 0) >= off for p, off in ends.items() if off > 0)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until both workers end (failure or stop); True if they ended."""
+        end = None if timeout is None else time.monotonic() + timeout
+        for t in self._threads:
+            t.join(None if end is None else max(0.0, end - time.monotonic()))
+        return not any(t.is_alive() for t in self._threads)
+
+    @property
+    def alive(self) -> bool:
+        return any(t.is_alive() for t in self._threads)
+
+    def _guard(self, loop: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                loop()
+            except SynclineError as exc:
+                self._fail(exc)
+            except Exception as exc:  # a bug: keep the traceback in the log, fail loudly
+                log.exception("pipeline %s: unexpected error", self.name)
+                self._fail(PermanentError(f"internal error: {type(exc).__name__}: {exc}"))
+
+        return run
+
+    def _fail(self, exc: SynclineError) -> None:
+        if self.failure is None:
+            self.failure = exc
+        self.stats.state = "failed"
+        self.stats.error = str(exc)
+        log.error("pipeline %s failed: %s", self.name, exc)
+        self._stop_capture.set()
+        self._stop_apply.set()
+
+    def _degraded(self, side: str, exc: SynclineError, backoff: Backoff) -> float:
+        self.stats.state = "degraded"
+        self.stats.error = f"{side}: {exc}"
+        self.stats.retries += 1
+        delay = backoff.next_delay()
+        log.warning("pipeline %s %s: %s (retrying in %.1fs)", self.name, side, exc, delay)
+        return delay
+
+    # ---- capture ---------------------------------------------------------------------
+
+    def _capture_loop(self) -> None:
+        backoff = Backoff()
+        while not self._stop_capture.is_set():
+            source: Source | None = None
+            producer: Producer | None = None
+            try:
+                producer = self.transport.producer()
+                source = self._source_factory()
+                source.on_progress = self._on_progress
+                source.open(producer.checkpoint())
+                self._schemas = source.describe()
+                self._schemas_ready.set()
+                self._capture(source, producer, backoff)
+            except TransientError as exc:
+                if self._stop_capture.wait(self._degraded("capture", exc, backoff)):
+                    break
+            finally:
+                if source is not None:
+                    source.close()
+                if producer is not None:
+                    producer.close()
+
+    def _on_progress(self, table: str, done: int, total: int | None) -> None:
+        self.stats.state = "snapshot"
+        self.stats.snapshot_rows = done
+        self.stats.snapshot_total = total
+
+    def _capture(self, source: Source, producer: Producer, backoff: Backoff) -> None:
+        max_events = self.cfg.batch.max_events
+        stats = self.stats
+        if stats.state in ("starting", "degraded"):
+            stats.state = "running"
+        while not self._stop_capture.is_set():
+            batch = source.read(max_events, 0.1)
+            if batch is None:
+                continue
+            records = [
+                Record(ch.event.source.schema + "." + ch.event.source.table, encode_key(ch.key), encode_value(ch.event))
+                for ch in batch.changes
+            ]
+            producer.publish(records, batch.checkpoint)
+            source.ack(batch.checkpoint)
+            stats.captured += len(records)
+            stats.published += len(records)
+            stats.source_checkpoint = batch.checkpoint
+            if stats.state == "degraded" or (
+                stats.state == "snapshot" and batch.changes and batch.changes[-1].event.source.snapshot == "false"
+            ):
+                stats.state = "running"
+                stats.error = None
+            backoff.reset()
+
+    # ---- apply -----------------------------------------------------------------------
+
+    def _apply_loop(self) -> None:
+        backoff = Backoff()
+        while not self._stop_apply.is_set():
+            sink: Sink | None = None
+            consumer: Consumer | None = None
+            try:
+                while not self._schemas_ready.wait(0.1):
+                    if self._stop_apply.is_set():
+                        return
+                sink = self._sink_factory()
+                sink.open(self.name)
+                sink.prepare(self._schemas or {})
+                consumer = self.transport.consumer(self.name)
+                self._apply(sink, consumer, backoff)
+            except TransientError as exc:
+                if self._stop_apply.wait(self._degraded("apply", exc, backoff)):
+                    break
+            finally:
+                if consumer is not None:
+                    consumer.close()
+                if sink is not None:
+                    sink.close()
+
+    def _apply(self, sink: Sink, consumer: Consumer, backoff: Backoff) -> None:
+        positions = sink.positions()
+        consumer.seek(positions)
+        self._applied_end = dict(positions)
+        max_events = self.cfg.batch.max_events
+        wait = max(self.cfg.batch.max_wait_ms / 1000.0, 0.005)
+        stats = self.stats
+        while not self._stop_apply.is_set():
+            delivered = consumer.poll(max_events, wait)
+            if not delivered:
+                continue
+            changes = [Change(decode_key(d.key), decode_value(d.value)) for d in delivered]
+            for d in delivered:
+                positions[d.partition] = d.offset + 1
+            result = sink.apply(changes, positions)
+            done_us = now_us()
+            consumer.commit(positions)
+            self._applied_end = dict(positions)
+            stats.applied += result.applied
+            stats.skipped += result.skipped
+            stats.batches += 1
+            stats.record_latencies(
+                [(done_us - (c.event.source.ts_us or c.event.source.ts_ms * 1000)) / 1000.0 for c in changes if c.event.op != "r"]
+            )
+            if stats.state == "degraded":
+                stats.state = "running"
+                stats.error = None
+            backoff.reset()
