@@ -55,7 +55,12 @@ def run(
     _setup_logging(log_level)
     try:
         cfg = load_config(config)
-        code = Runtime(cfg, pipeline or ()).run(drain_timeout=drain_timeout)
+        runtime = Runtime(cfg, pipeline or ())
+        # Fail fast on what a user can fix (typo in a host, wrong password, missing
+        # table); once running, outages are retried instead.
+        for p in runtime.pipelines:
+            p.check()
+        code = runtime.run(drain_timeout=drain_timeout)
     except SynclineError as exc:
         raise _fail(exc) from None
     raise typer.Exit(code)
