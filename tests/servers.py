@@ -113,8 +113,9 @@ class PgServer:
         )
 
 
-def start_postgres() -> PgServer:
-    env_dsn = os.environ.get("SYNCLINE_TEST_PG_DSN")
+def start_postgres(durable: bool = False, env_var: str = "SYNCLINE_TEST_PG_DSN") -> PgServer:
+    """``durable`` keeps fsync and synchronous_commit on (benchmarks); tests run faster without."""
+    env_dsn = os.environ.get(env_var)
     if env_dsn:
         return PgServer(admin_dsn=env_dsn)
     bindir = _pg_bindir()
@@ -147,9 +148,9 @@ def start_postgres() -> PgServer:
         "max_replication_slots": "64",
         "max_wal_senders": "64",
         "max_connections": "200",
-        "fsync": "off",
-        "synchronous_commit": "off",
-        "full_page_writes": "off",
+        "fsync": "on" if durable else "off",
+        "synchronous_commit": "on" if durable else "off",
+        "full_page_writes": "on" if durable else "off",
         "shared_buffers": "256MB",
         "max_wal_size": "2GB",
         "wal_sender_timeout": "60s",
