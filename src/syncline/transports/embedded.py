@@ -1,0 +1,565 @@
+"""The embedded durable log: one SQLite file per pipeline (the default transport).
+
+Why SQLite: a WAL-mode transaction makes a batch of records and the producer's
+checkpoint land together or not at all, survives a crash of the process or the
+machine, and reads are cheap range scans on ``(partition, offset)``. Nothing has
+to run besides the pipeline itself. See docs/transports.md.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import shutil
+import sqlite3
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import msgspec
+
+from syncline.config import EmbeddedTransportConfig
+from syncline.errors import ConfigError, StorageError, SynclineError, TransportError
+from syncline.transports.base import (
+    Checkpoint,
+    Consumer,
+    Delivered,
+    Producer,
+    Record,
+    Transport,
+    partition_for,
+)
+
+log = logging.getLogger(__name__)
+
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS records (partition INTEGER NOT NULL, offset INTEGER NOT NULL,"
+    " ts_ms INTEGER NOT NULL, tbl TEXT NOT NULL, key BLOB NOT NULL, value BLOB NOT NULL,"
+    " PRIMARY KEY (partition, offset)) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS producer_state (id INTEGER PRIMARY KEY CHECK (id = 1),"
+    " checkpoint TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS group_offsets (grp TEXT NOT NULL, partition INTEGER NOT NULL,"
+    " next_offset INTEGER NOT NULL, PRIMARY KEY (grp, partition)) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID",
+)
+_INSERT = (
+    "INSERT INTO records (partition, offset, ts_ms, tbl, key, value) VALUES (?, ?, ?, ?, ?, ?)"
+)
+_SAVE_CHECKPOINT = (
+    "INSERT INTO producer_state (id, checkpoint) VALUES (1, ?)"
+    " ON CONFLICT (id) DO UPDATE SET checkpoint = excluded.checkpoint"
+)
+_READ = (
+    "SELECT offset, tbl, key, value FROM records"
+    " WHERE partition = ? AND offset >= ? ORDER BY offset LIMIT ?"
+)
+_MAX_OFFSET = "SELECT MAX(offset) FROM records WHERE partition = ?"
+_COMMIT_GROUP = (
+    "INSERT INTO group_offsets (grp, partition, next_offset) VALUES (?, ?, ?)"
+    " ON CONFLICT (grp, partition) DO UPDATE SET next_offset = excluded.next_offset"
+)
+
+RETENTION_EVERY_S = 30.0  # how often the producer enforces retention on its own
+_RETENTION_CHUNK = 20_000  # records deleted per transaction, so writers never wait long
+_FAST_POLL_S = 0.005  # cross-process check interval while records are flowing
+_SLOW_POLL_S = 0.05  # ... and once the log has been idle for _IDLE_AFTER_S
+_IDLE_AFTER_S = 1.0
+
+# SQLite primary result codes (sqlite3.h).
+_PERM, _BUSY, _LOCKED, _READONLY, _IOERR, _CORRUPT, _FULL, _CANTOPEN, _NOTADB = (
+    3, 5, 6, 8, 10, 11, 13, 14, 26,
+)  # fmt: skip
+
+_encode_checkpoint = msgspec.json.Encoder().encode
+_decode_checkpoint = msgspec.json.Decoder(dict).decode
+
+
+def _translate(exc: sqlite3.Error, db: Path, doing: str) -> SynclineError:
+    """Map a SQLite error to the branch that decides retry (busy) or operator action."""
+    code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
+    msg = str(exc)
+    if code == _FULL or "disk is full" in msg:
+        return StorageError(
+            f"embedded log at {db} is out of disk space; free space and restart, nothing was lost"
+        )
+    if code in (_READONLY, _PERM, _CANTOPEN) or "readonly" in msg or "unable to open" in msg:
+        return StorageError(
+            f"embedded log at {db} cannot be written while {doing} ({msg}); "
+            "make the file and its directory writable for this user"
+        )
+    if code in (_CORRUPT, _NOTADB):
+        return StorageError(
+            f"embedded log at {db} is not a usable log file ({msg}); "
+            "restore it or move it away (syncline will not overwrite it)"
+        )
+    if code == _IOERR:
+        return StorageError(f"embedded log at {db}: disk I/O error while {doing} ({msg})")
+    if code in (_BUSY, _LOCKED):
+        return TransportError(f"embedded log at {db} is locked by another connection while {doing}")
+    return TransportError(f"embedded log at {db}: {msg} while {doing}")
+
+
+def _connect(db: Path, fsync: bool, busy_timeout: float) -> sqlite3.Connection:
+    """One connection per producer/consumer: autocommit mode, explicit transactions."""
+    conn: sqlite3.Connection | None = None
+    try:
+        conn = sqlite3.connect(
+            db, timeout=busy_timeout, isolation_level=None, check_same_thread=False
+        )
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={'FULL' if fsync else 'NORMAL'}")
+    except sqlite3.Error as exc:
+        if conn is not None:
+            conn.close()
+        raise _translate(exc, db, "opening the log") from exc
+    return conn
+
+
+class _Signal:
+    """Wakes same-process consumers the moment a producer commits."""
+
+    __slots__ = ("cond", "version")
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.version = 0
+
+    def notify(self) -> None:
+        with self.cond:
+            self.version += 1
+            self.cond.notify_all()
+
+
+_signals: dict[str, _Signal] = {}
+_signals_lock = threading.Lock()
+
+
+def _signal_for(db: Path) -> _Signal:
+    key = os.path.realpath(db)
+    with _signals_lock:
+        sig = _signals.get(key)
+        if sig is None:
+            sig = _signals[key] = _Signal()
+        return sig
+
+
+def _end_offsets(conn: sqlite3.Connection, partitions: int) -> list[int]:
+    out = []
+    for p in range(partitions):
+        top = conn.execute(_MAX_OFFSET, (p,)).fetchone()[0]
+        out.append(0 if top is None else top + 1)
+    return out
+
+
+def _enforce_retention(conn: sqlite3.Connection, partitions: int, cutoff_ms: int) -> int:
+    """Delete records older than ``cutoff_ms`` that every registered group has consumed.
+
+    With no group registered nothing is deleted (nobody has read it yet), and
+    the newest record of each partition is kept so offsets never go backwards.
+    """
+    groups = {g for (g,) in conn.execute("SELECT DISTINCT grp FROM group_offsets")}
+    if not groups:
+        return 0
+    committed: dict[tuple[str, int], int] = {
+        (g, p): o
+        for g, p, o in conn.execute("SELECT grp, partition, next_offset FROM group_offsets")
+    }
+    deleted = 0
+    for p in range(partitions):
+        floor = min(committed.get((g, p), 0) for g in groups)
+        top = conn.execute(_MAX_OFFSET, (p,)).fetchone()[0]
+        if top is None or floor <= 0:
+            continue
+        bound = min(floor, top)  # keep the newest record: it carries the next offset
+        lo = conn.execute("SELECT MIN(offset) FROM records WHERE partition = ?", (p,)).fetchone()[0]
+        while lo < bound:
+            hi = min(lo + _RETENTION_CHUNK, bound)
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                n = conn.execute(
+                    "DELETE FROM records WHERE partition = ? AND offset >= ? AND offset < ?"
+                    " AND ts_ms < ?",
+                    (p, lo, hi, cutoff_ms),
+                ).rowcount
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            deleted += n
+            if n < hi - lo:  # reached records younger than the cutoff
+                break
+            lo = hi
+    return deleted
+
+
+def _acquire_lock(path: Path, pipeline: str) -> int:
+    """Exclusive flock: two writers would hand out the same offsets."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise StorageError(
+            f"cannot open the producer lock file {path} ({exc.strerror}); "
+            "make the log directory writable for this user"
+        ) from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise TransportError(
+            f"pipeline {pipeline}'s log is already being written by another syncline process "
+            f"(lock file {path})"
+        ) from None
+    except OSError as exc:
+        os.close(fd)
+        raise StorageError(f"cannot lock the producer lock file {path} ({exc.strerror})") from exc
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())  # for operators wondering who holds it
+    return fd
+
+
+class EmbeddedTransport(Transport):
+    """A partitioned, durable log in ``<path>/<pipeline>.log.db``."""
+
+    def __init__(
+        self, config: EmbeddedTransportConfig, pipeline: str, *, busy_timeout: float = 5.0
+    ) -> None:
+        self.config = config
+        self.pipeline = pipeline
+        self.partitions = config.partitions
+        self.busy_timeout = busy_timeout
+        self.dir = Path(config.path)
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(
+                f"cannot create the embedded log directory {self.dir} ({exc.strerror}); "
+                "set transport.path to a writable directory"
+            ) from exc
+        self.db = self.dir / f"{pipeline}.log.db"
+        self.lock_path = self.dir / f"{pipeline}.producer.lock"
+        self.signal = _signal_for(self.db)
+        self._lock = threading.Lock()
+        self._children: list[EmbeddedProducer | EmbeddedConsumer] = []
+        self._conn = self.connect()
+        try:
+            self._init_schema()
+        except BaseException:
+            self._conn.close()
+            raise
+
+    def connect(self) -> sqlite3.Connection:
+        return _connect(self.db, self.config.fsync, self.busy_timeout)
+
+    def _init_schema(self) -> None:
+        conn = self._conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for stmt in _SCHEMA:
+                conn.execute(stmt)
+            conn.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('partitions', ?), ('format', '1')",
+                (str(self.partitions),),
+            )
+            stored = int(
+                conn.execute("SELECT value FROM meta WHERE key = 'partitions'").fetchone()[0]
+            )
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise _translate(exc, self.db, "creating the log") from exc
+        if stored != self.partitions:
+            raise ConfigError(
+                f"embedded log {self.db} has {stored} partitions but transport.partitions is "
+                f"{self.partitions}; changing it would break per-key order, so set it back to "
+                f"{stored} or use a new transport.path"
+            )
+
+    def check(self) -> list[str]:
+        probe = self.dir / f".{self.pipeline}.check.{os.getpid()}"
+        try:
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise StorageError(
+                f"embedded log directory {self.dir} is not writable ({exc.strerror}); "
+                "fix its permissions or set transport.path"
+            ) from exc
+        if self.db.exists() and not os.access(self.db, os.W_OK):
+            raise StorageError(f"embedded log {self.db} is not writable; fix its permissions")
+        free_gb = shutil.disk_usage(self.dir).free / 1e9
+        fsync = "on" if self.config.fsync else "off"
+        return [
+            f"embedded log {self.db}: {self.partitions} partitions, fsync {fsync}, "
+            f"{free_gb:.1f} GB free"
+        ]
+
+    def producer(self) -> EmbeddedProducer:
+        prod = EmbeddedProducer(self)
+        self._children.append(prod)
+        return prod
+
+    def consumer(self, group: str, partitions: Sequence[int] | None = None) -> EmbeddedConsumer:
+        parts = list(range(self.partitions)) if partitions is None else list(partitions)
+        bad = [p for p in parts if not 0 <= p < self.partitions]
+        if bad or not parts:
+            raise ConfigError(
+                f"consumer {group!r}: partitions {parts} are not a non-empty subset of "
+                f"0..{self.partitions - 1} of embedded log {self.db}"
+            )
+        cons = EmbeddedConsumer(self, group, parts)
+        self._children.append(cons)
+        return cons
+
+    def end_offsets(self) -> dict[int, int]:
+        with self._lock:
+            try:
+                return dict(enumerate(_end_offsets(self._conn, self.partitions)))
+            except sqlite3.Error as exc:
+                raise _translate(exc, self.db, "reading end offsets") from exc
+
+    def enforce_retention(self, now_ms: int | None = None) -> int:
+        """Delete what is older than retention_hours and consumed by every group."""
+        now = time.time_ns() // 1_000_000 if now_ms is None else now_ms
+        cutoff = now - int(self.config.retention_hours * 3_600_000)
+        with self._lock:
+            try:
+                return _enforce_retention(self._conn, self.partitions, cutoff)
+            except sqlite3.Error as exc:
+                raise _translate(exc, self.db, "enforcing retention") from exc
+
+    def drop_group(self, group: str) -> None:
+        """Forget a consumer group so it no longer holds back retention."""
+        with self._lock:
+            try:
+                self._conn.execute("DELETE FROM group_offsets WHERE grp = ?", (group,))
+            except sqlite3.Error as exc:
+                raise _translate(exc, self.db, f"dropping group {group!r}") from exc
+
+    def close(self) -> None:
+        for child in self._children:
+            child.close()
+        self._children.clear()
+        with self._lock:
+            self._conn.close()
+
+
+class EmbeddedProducer(Producer):
+    """The single writer of a log; appends a batch and its checkpoint in one transaction."""
+
+    def __init__(self, transport: EmbeddedTransport) -> None:
+        self._t = transport
+        self._db = transport.db
+        self._n = transport.partitions
+        self._lock_fd: int | None = _acquire_lock(transport.lock_path, transport.pipeline)
+        try:
+            self._conn = transport.connect()
+            self._next = _end_offsets(self._conn, self._n)
+        except sqlite3.Error as exc:
+            self._release()
+            raise _translate(exc, self._db, "opening the producer") from exc
+        except BaseException:
+            self._release()
+            raise
+        self._last_retention = 0.0
+
+    def publish(self, records: Sequence[Record], checkpoint: Checkpoint) -> None:
+        n = self._n
+        nxt = self._next
+        saved = nxt.copy()
+        ts = time.time_ns() // 1_000_000
+        rows: list[tuple[int, int, int, str, bytes, bytes]] = []
+        add = rows.append
+        for r in records:
+            p = partition_for(r.key, n)
+            add((p, nxt[p], ts, r.table, r.key, r.value))
+            nxt[p] += 1
+        conn = self._conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                if rows:
+                    conn.executemany(_INSERT, rows)
+                conn.execute(_SAVE_CHECKPOINT, (_encode_checkpoint(checkpoint),))
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            nxt[:] = saved
+            raise _translate(exc, self._db, "appending records") from exc
+        except BaseException:
+            nxt[:] = saved
+            raise
+        self._t.signal.notify()
+        if time.monotonic() - self._last_retention >= RETENTION_EVERY_S:
+            self._retention()
+
+    def _retention(self) -> None:
+        """Opportunistic; never raises, since the batch is already durable."""
+        self._last_retention = time.monotonic()
+        cutoff = time.time_ns() // 1_000_000 - int(self._t.config.retention_hours * 3_600_000)
+        try:
+            deleted = _enforce_retention(self._conn, self._n, cutoff)
+        except sqlite3.Error as exc:
+            log.warning("%s", _translate(exc, self._db, "enforcing retention"))
+            return
+        if deleted:
+            log.info("embedded log %s: retention deleted %d records", self._db, deleted)
+
+    def checkpoint(self) -> Checkpoint | None:
+        try:
+            row = self._conn.execute(
+                "SELECT checkpoint FROM producer_state WHERE id = 1"
+            ).fetchone()
+        except sqlite3.Error as exc:
+            raise _translate(exc, self._db, "reading the checkpoint") from exc
+        return None if row is None else _decode_checkpoint(row[0])
+
+    def _release(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the descriptor drops the flock
+            self._lock_fd = None
+
+    def close(self) -> None:
+        if self._lock_fd is not None:
+            self._conn.close()
+            self._release()
+
+
+class EmbeddedConsumer(Consumer):
+    """Reads assigned partitions from explicit offsets; fair across partitions."""
+
+    def __init__(self, transport: EmbeddedTransport, group: str, partitions: list[int]) -> None:
+        self.group = group
+        self.partitions = tuple(partitions)
+        self._db = transport.db
+        self._signal = transport.signal
+        self._lock = threading.Lock()
+        self._rr = 0
+        self._active = 0.0  # monotonic time records were last returned
+        self._closed = False
+        self._conn = transport.connect()
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+            # Registering pins retention until the group commits (see _enforce_retention).
+            self._conn.executemany(
+                "INSERT OR IGNORE INTO group_offsets (grp, partition, next_offset) VALUES (?, ?, 0)",
+                [(group, p) for p in self.partitions],
+            )
+            self._conn.execute("COMMIT")
+            self._pos = self._committed()
+        except sqlite3.Error as exc:
+            self._conn.close()
+            raise _translate(exc, self._db, f"registering consumer group {group!r}") from exc
+
+    def _committed(self) -> dict[int, int]:
+        rows = self._conn.execute(
+            "SELECT partition, next_offset FROM group_offsets WHERE grp = ?", (self.group,)
+        )
+        got = dict(rows.fetchall())
+        return {p: got.get(p, 0) for p in self.partitions}
+
+    def seek(self, positions: Mapping[int, int]) -> None:
+        with self._lock:
+            try:
+                pos = self._committed()
+            except sqlite3.Error as exc:
+                raise _translate(exc, self._db, "reading committed offsets") from exc
+            for p in self.partitions:
+                if p in positions:
+                    pos[p] = positions[p]
+            self._pos = pos
+
+    def _fetch(self, max_records: int) -> list[Delivered]:
+        """Share ``max_records`` across partitions, then top up from the busy ones."""
+        conn, pos = self._conn, self._pos
+        out: list[Delivered] = []
+        parts = self.partitions
+        k = len(parts)
+        self._rr = (self._rr + 1) % k
+        todo = [parts[(self._rr + i) % k] for i in range(k)]
+        while todo and len(out) < max_records:
+            share = max(1, -(-(max_records - len(out)) // len(todo)))
+            full = []
+            for p in todo:
+                budget = min(share, max_records - len(out))
+                if budget <= 0:
+                    break
+                rows = conn.execute(_READ, (p, pos[p], budget)).fetchall()
+                if rows:
+                    out.extend([Delivered(p, o, t, key, v) for o, t, key, v in rows])
+                    pos[p] = rows[-1][0] + 1
+                    if len(rows) == budget:
+                        full.append(p)
+            todo = full
+        return out
+
+    def _data_version(self) -> int:
+        version: int = self._conn.execute("PRAGMA data_version").fetchone()[0]
+        return version
+
+    def poll(self, max_records: int, timeout: float) -> list[Delivered]:
+        if max_records <= 0:
+            return []
+        deadline = time.monotonic() + max(timeout, 0.0)
+        sig = self._signal
+        while True:
+            seen = sig.version
+            with self._lock:
+                try:
+                    version = self._data_version()
+                    out = self._fetch(max_records)
+                except sqlite3.Error as exc:
+                    raise _translate(exc, self._db, "reading records") from exc
+            now = time.monotonic()
+            if out:
+                self._active = now
+                return out
+            interval = _FAST_POLL_S if now - self._active < _IDLE_AFTER_S else _SLOW_POLL_S
+            # Same-process commits notify at once; other processes show up in data_version.
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return []
+                with sig.cond:
+                    if sig.version == seen:
+                        sig.cond.wait(min(interval, remaining))
+                if sig.version != seen:
+                    break
+                with self._lock:
+                    try:
+                        if self._data_version() != version:
+                            break
+                    except sqlite3.Error as exc:
+                        raise _translate(exc, self._db, "waiting for records") from exc
+
+    def commit(self, positions: Mapping[int, int]) -> None:
+        rows = [(self.group, p, o) for p, o in positions.items()]
+        if not rows:
+            return
+        with self._lock:
+            conn = self._conn
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    conn.executemany(_COMMIT_GROUP, rows)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise _translate(
+                    exc, self._db, f"committing offsets of group {self.group!r}"
+                ) from exc
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._conn.close()
