@@ -441,7 +441,7 @@ class EmbeddedConsumer(Consumer):
         self._signal = transport.signal
         self._lock = threading.Lock()
         self._rr = 0
-        self._active = 0.0  # monotonic time records were last returned
+        self._active = time.monotonic()  # when records last came; long idle → slower checks
         self._closed = False
         self._conn = transport.connect()
         try:
@@ -477,7 +477,7 @@ class EmbeddedConsumer(Consumer):
 
     def _fetch(self, max_records: int) -> list[Delivered]:
         """Share ``max_records`` across partitions, then top up from the busy ones."""
-        conn, pos = self._conn, self._pos
+        conn, pos = self._conn, dict(self._pos)  # committed to self._pos only if all reads work
         out: list[Delivered] = []
         parts = self.partitions
         k = len(parts)
@@ -497,6 +497,7 @@ class EmbeddedConsumer(Consumer):
                     if len(rows) == budget:
                         full.append(p)
             todo = full
+        self._pos = pos
         return out
 
     def _data_version(self) -> int:
