@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from syncline.config import SqliteSourceConfig
-from syncline.errors import ConfigError, PermanentError, SchemaError, StorageError
+from syncline.errors import ConfigError, DataError, PermanentError, SchemaError, StorageError
 from syncline.events import Change, decode_value, encode_value
 from syncline.sources.base import CaptureBatch
 from syncline.sources.sqlite import LOG, SUPPRESS, SqliteSource
@@ -445,7 +445,7 @@ def test_missing_table_and_missing_key(tmp_path: Path) -> None:
     path = make_db(tmp_path, ITEMS, "CREATE TABLE nokey (a, b)", "CREATE VIEW vw AS SELECT 1 AS a")
     cases = {
         "ghost": f"table ghost does not exist in {path} (source of pipeline p)",
-        "vw": f"table vw is a view, not a table in {path} (source of pipeline p)",
+        "vw": f"vw in {path} is a view; capture needs a table (source of pipeline p)",
         "nokey": "table nokey has no primary key: add one; syncline needs a key to keep per-row order",
     }
     for table, msg in cases.items():
@@ -466,6 +466,16 @@ def test_not_a_database(tmp_path: Path) -> None:
     path.write_bytes(b"this is not sqlite" * 100)
     with pytest.raises(StorageError, match=r"junk\.db .*source of pipeline p.*not a database"):
         source(str(path), ["items"]).check()
+
+
+def test_invalid_utf8_text_is_a_data_error(tmp_path: Path, opened: list[SqliteSource]) -> None:
+    path = make_db(tmp_path, ITEMS)
+    src = source(path, ["items"])
+    opened.append(src)
+    src.open(None)
+    connect(path).execute("INSERT INTO items VALUES (1, CAST(x'ff41' AS TEXT), 1)")
+    with pytest.raises(DataError, match="not valid UTF-8; fix that row"):
+        src.read(10, 0)
 
 
 def test_bad_checkpoints(tmp_path: Path, opened: list[SqliteSource]) -> None:

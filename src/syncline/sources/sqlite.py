@@ -25,6 +25,7 @@ import msgspec
 from syncline.config import SqliteSourceConfig
 from syncline.errors import (
     ConfigError,
+    DataError,
     PermanentError,
     SchemaError,
     StorageError,
@@ -95,6 +96,12 @@ class _Table:
     name: str  # as sqlite_schema spells it
     columns: tuple[Column, ...]
     key: tuple[str, ...]
+
+    def key_of(self, row: Row) -> Row:
+        if len(self.key) == 1:  # the common case, without a comprehension's frame
+            k = self.key[0]
+            return {k: row[k]}
+        return {k: row[k] for k in self.key}
 
     def json_sql(self, prefix: str) -> str:
         pairs = (f"{_literal(c.name)}, {_value_sql(prefix + _ident(c.name))}" for c in self.columns)
@@ -192,6 +199,11 @@ class SqliteSource(Source):
         where = f"SQLite {self.path} {self._where()}: {doing}: {msg}"
         if "locked" in msg or "busy" in msg:
             return TransientError(where)
+        if "decode to UTF-8" in msg:
+            return DataError(
+                f"SQLite {self.path} {self._where()}: {doing}: a captured text value is not valid"
+                " UTF-8; fix that row in the service database (SQLite stores such bytes unchecked)"
+            )
         if isinstance(exc, sqlite3.OperationalError) and "unable to open" in msg:
             return PermanentError(where + " (check the file's permissions and its directory)")
         if isinstance(exc, sqlite3.DatabaseError) and (
@@ -211,9 +223,12 @@ class SqliteSource(Source):
                 "SELECT name, type FROM sqlite_schema WHERE name = ? COLLATE NOCASE AND type IN ('table', 'view')",
                 (wanted,),
             ).fetchone()
-            if row is None or row[1] != "table":
-                what = "does not exist" if row is None else "is a view, not a table"
-                raise SchemaError(f"table {wanted} {what} in {self.path} {self._where()}")
+            if row is None:
+                raise SchemaError(f"table {wanted} does not exist in {self.path} {self._where()}")
+            if row[1] != "table":
+                raise SchemaError(
+                    f"{wanted} in {self.path} is a view; capture needs a table {self._where()}"
+                )
             name = row[0]
             info = conn.execute(f"PRAGMA table_info({_ident(name)})").fetchall()
             pk = sorted((r[5], r[1]) for r in info if r[5])
@@ -258,13 +273,11 @@ class SqliteSource(Source):
                     f"SQLite {self.path} {self._where()}: cannot switch to WAL mode (got {mode});"
                     " trigger capture needs WAL so readers never block the service"
                 )
-            conn.execute(
-                "PRAGMA synchronous=NORMAL"
-            )  # our writes are trims: losing one is harmless
+            # our only writes after install are trims: losing one to a power cut is harmless
+            conn.execute("PRAGMA synchronous=NORMAL")
             acked, high = self._install(conn)
-            conn.execute(
-                f"PRAGMA busy_timeout={_TRIM_BUSY_MS}"
-            )  # a trim may simply wait for the next ack
+            # and a trim that meets a busy service just waits for the next ack
+            conn.execute(f"PRAGMA busy_timeout={_TRIM_BUSY_MS}")
             start = self._start(conn, checkpoint, acked, high)
         except sqlite3.Error as exc:
             self.close()
@@ -337,10 +350,9 @@ class SqliteSource(Source):
             if cp["snapshot"] == "running" and self.config.snapshot == "initial":
                 self._begin_snapshot(seq)  # an interrupted snapshot is redone from scratch
             return seq
-        cut = self._cut(conn)
         if self.config.snapshot == "initial":
             return self._begin_snapshot(None)
-        return cut
+        return self._cut(conn)
 
     @staticmethod
     def _cut(conn: sqlite3.Connection) -> int:
@@ -408,7 +420,7 @@ class SqliteSource(Source):
                 snapshot=flag, db=self._db, schema="main", table=t.name, seq=snap.start,
             )  # fmt: skip
             ev = ChangeEvent(after=after, source=src, op=Op.READ, ts_ms=now // 1000, ts_us=now)
-            changes.append(Change({k: after[k] for k in t.key}, ev))
+            changes.append(Change(t.key_of(after), ev))
             if t.name != snap.table:
                 snap.table, snap.done_rows = t.name, 0
             snap.done_rows += 1
@@ -435,9 +447,9 @@ class SqliteSource(Source):
             )  # fmt: skip
             img = after if after is not None else before
             assert img is not None
-            key = {k: img[k] for k in t.key}
+            key = t.key_of(img)
             if op == Op.UPDATE and before is not None:
-                old_key = {k: before[k] for k in t.key}
+                old_key = t.key_of(before)
                 if old_key != key:  # a key change is a delete of the old row and a create
                     if out and len(out) + 2 > max_changes:
                         break
