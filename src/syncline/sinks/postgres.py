@@ -378,7 +378,6 @@ class PostgresSink(Sink):
         self._db = params.get("dbname") or self._user
         self._conn: psycopg2.extensions.connection | None = None
         self._plans: dict[str, _Plan] = {}
-        self._schemas: dict[str, TableSchema] = {}
         self._staged: set[str] = set()
         self._plan_seq = 0
 
@@ -442,12 +441,12 @@ class PostgresSink(Sink):
         conn = self._conn
         if conn is None:
             return
-        try:
-            if not conn.closed:
+        if not conn.closed:
+            try:
                 conn.rollback()
                 return
-        except psycopg2.Error:
-            pass
+            except psycopg2.Error:
+                pass
         self._drop_connection()
 
     def _drop_connection(self) -> None:
@@ -473,7 +472,6 @@ class PostgresSink(Sink):
         err = self._translate(exc, what)
         code = getattr(exc, "pgcode", None) or ""
         if isinstance(exc, psycopg2.InterfaceError) or not code or code[:2] in ("08", "57"):
-            self._staged.clear()
             self._drop_connection()  # reconnect lazily on the next call
         else:
             self._abort()
@@ -547,12 +545,11 @@ class PostgresSink(Sink):
 
     def _check_one(
         self, cur: psycopg2.extensions.cursor, table_id: str, source: TableSchema, create: bool
-    ) -> tuple[_Catalog, bool]:
+    ) -> _Catalog:
         if not source.key:
             raise source_without_key(source, self.where)
         schema, table = self.target_of(table_id)
         cat = self._lookup(cur, schema, table)
-        created = False
         if cat is None:
             if not create:
                 raise missing_table(f"{schema}.{table}", self.where)
@@ -563,17 +560,15 @@ class PostgresSink(Sink):
             cur.execute(create_table_sql(f"{qi(schema)}.{qi(table)}", source, "postgres"))
             cat = self._lookup(cur, schema, table)
             assert cat is not None
-            created = True
         check_target(source, cat.table, self.where)
-        return cat, created
+        return cat
 
     def prepare(self, schemas: Mapping[str, TableSchema]) -> None:
         conn = self._connection()
         try:
             with conn.cursor() as cur:
                 for table_id, source in schemas.items():
-                    cat, _ = self._check_one(cur, table_id, source, self._cfg.create_tables)
-                    self._schemas[table_id] = source
+                    cat = self._check_one(cur, table_id, source, self._cfg.create_tables)
                     self._plans[table_id] = self._new_plan(
                         table_id, cat, [c.name for c in source.columns], lazy=False
                     )
