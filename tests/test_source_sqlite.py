@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from syncline.config import SqliteSourceConfig
-from syncline.errors import ConfigError, DataError, PermanentError, SchemaError, StorageError
+from syncline.errors import DataError, PermanentError, SchemaError, StorageError
 from syncline.events import Change, decode_value, encode_value
 from syncline.sources.base import CaptureBatch
 from syncline.sources.sqlite import LOG, SUPPRESS, SqliteSource
@@ -435,9 +435,10 @@ def test_missing_file(tmp_path: Path) -> None:
     src = source(path, ["items"], pipeline="orders")
     want = f"SQLite database {path} does not exist (source of pipeline orders)"
     for call in (lambda: src.open(None), src.check, src.describe):
-        with pytest.raises(ConfigError) as err:
+        with pytest.raises(PermanentError) as err:
             call()
         assert str(err.value) == want
+        assert type(err.value) is PermanentError  # the config is valid; the world is not (exit 1)
     assert not Path(path).exists()
 
 

@@ -24,7 +24,6 @@ import msgspec
 
 from syncline.config import SqliteSourceConfig
 from syncline.errors import (
-    ConfigError,
     DataError,
     PermanentError,
     SchemaError,
@@ -178,7 +177,7 @@ class SqliteSource(Source):
 
     def _connect(self, mode: str) -> sqlite3.Connection:
         if not os.path.isfile(self.path):
-            raise ConfigError(f"SQLite database {self.path} does not exist {self._where()}")
+            raise PermanentError(f"SQLite database {self.path} does not exist {self._where()}")
         uri = f"file:{pathname2url(self.path)}?mode={mode}"
         try:
             conn = sqlite3.connect(
