@@ -129,6 +129,13 @@ class PipelineConfig(_Model):
     sink: SinkConfig
     batch: BatchConfig = Field(default_factory=BatchConfig)
 
+    @field_validator("transport", mode="before")
+    @classmethod
+    def _embedded_by_default(cls, v: Any) -> Any:
+        if isinstance(v, dict) and "kind" not in v:
+            return {**v, "kind": "embedded"}
+        return v
+
     @field_validator("transforms")
     @classmethod
     def _no_transforms_yet(cls, v: list[dict[str, Any]]) -> list[dict[str, Any]]:
