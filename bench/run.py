@@ -97,8 +97,17 @@ class Native:
             f"CREATE SUBSCRIPTION {name} CONNECTION '{libpq_conninfo(src)}' PUBLICATION {name} "
             "WITH (copy_data = false)",
         )
-        wait_for(lambda: q(src, "SELECT bool_or(active) FROM pg_replication_slots WHERE slot_name = %s", (name,))
-                 == [(True,)], 30)
+        wait_for(
+            lambda: (
+                q(
+                    src,
+                    "SELECT bool_or(active) FROM pg_replication_slots WHERE slot_name = %s",
+                    (name,),
+                )
+                == [(True,)]
+            ),
+            30,
+        )
         self.name = name
 
     def stop(self) -> None:
@@ -118,18 +127,30 @@ class Syncline:
 pipelines:
   - name: bench-{table}
     source: {{kind: postgres, dsn: "{src}", tables: [public.{table}], snapshot: never}}
-    transport: {{kind: embedded, path: "{tmp / 'log'}"}}
+    transport: {{kind: embedded, path: "{tmp / "log"}"}}
     sink: {{kind: postgres, dsn: "{dst}"}}
 """
         )
         self.log = open(tmp / f"{table}.log", "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "syncline", "run", str(cfg), "--log-level", "warning"],
-            stdout=self.log, stderr=subprocess.STDOUT, cwd=REPO,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
         )
         slot = f"syncline_bench_{table}"
-        wait_for(lambda: q(src, "SELECT bool_or(active) FROM pg_replication_slots WHERE slot_name = %s", (slot,))
-                 == [(True,)], 60, 0.1)
+        wait_for(
+            lambda: (
+                q(
+                    src,
+                    "SELECT bool_or(active) FROM pg_replication_slots WHERE slot_name = %s",
+                    (slot,),
+                )
+                == [(True,)]
+            ),
+            60,
+            0.1,
+        )
         time.sleep(0.5)  # let the apply side open the sink too
 
     def stop(self) -> None:
@@ -159,7 +180,9 @@ def bulk(engine_cls, a: PgServer, b: PgServer, rows: int, tmp: Path) -> Result: 
         engine.stop()
     a.drop_database(src)
     b.drop_database(dst)
-    return Result(bulk_rows_s=rows / (t_end - t0), bulk_insert_s=t_ins - t0, bulk_total_s=t_end - t0)
+    return Result(
+        bulk_rows_s=rows / (t_end - t0), bulk_insert_s=t_ins - t0, bulk_total_s=t_end - t0
+    )
 
 
 def oltp(engine_cls, a: PgServer, b: PgServer, rate: int, seconds: int, tmp: Path) -> Result:  # type: ignore[no-untyped-def]
@@ -175,16 +198,42 @@ def oltp(engine_cls, a: PgServer, b: PgServer, rate: int, seconds: int, tmp: Pat
         u = urlsplit(src)
         env = {**os.environ, "PGPASSWORD": u.password or ""}
         run = subprocess.run(
-            [f"{_pg_bindir()}/pgbench", "-n", "-h", u.hostname or "", "-p", str(u.port), "-U", u.username or "",
-             "-c", "4", "-j", "2", "-R", str(rate), "-T", str(seconds), "-f", str(script), u.path.lstrip("/")],
-            capture_output=True, text=True, env=env, check=True,
+            [
+                f"{_pg_bindir()}/pgbench",
+                "-n",
+                "-h",
+                u.hostname or "",
+                "-p",
+                str(u.port),
+                "-U",
+                u.username or "",
+                "-c",
+                "4",
+                "-j",
+                "2",
+                "-R",
+                str(rate),
+                "-T",
+                str(seconds),
+                "-f",
+                str(script),
+                u.path.lstrip("/"),
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=True,
         )
         t_stop = time.monotonic()
         tps = next((ln for ln in run.stdout.splitlines() if ln.startswith("tps")), "")
         last = q(src, "SELECT max(written_at) FROM public.oltp")[0][0]
         t_caught = wait_for(
-            lambda: q(dst, "SELECT count(*) FROM public.oltp_applied WHERE written_at >= %s", (last,)) != [(0,)],
-            120, 0.01,
+            lambda: (
+                q(dst, "SELECT count(*) FROM public.oltp_applied WHERE written_at >= %s", (last,))
+                != [(0,)]
+            ),
+            120,
+            0.01,
         )
         stats = q(
             dst,
@@ -200,11 +249,18 @@ def oltp(engine_cls, a: PgServer, b: PgServer, rate: int, seconds: int, tmp: Pat
     a.drop_database(src)
     b.drop_database(dst)
     count, p50, p95, p99, mx = stats
-    return Result(oltp={
-        "commits": float(commits or 0), "applied_rows": float(count or 0), "p50": float(p50 or 0),
-        "p95": float(p95 or 0), "p99": float(p99 or 0), "max": float(mx or 0),
-        "behind_s": t_caught - t_stop, "pgbench_tps": float(tps.split("=")[1].split()[0]) if "=" in tps else 0.0,
-    })
+    return Result(
+        oltp={
+            "commits": float(commits or 0),
+            "applied_rows": float(count or 0),
+            "p50": float(p50 or 0),
+            "p95": float(p95 or 0),
+            "p99": float(p99 or 0),
+            "max": float(mx or 0),
+            "behind_s": t_caught - t_stop,
+            "pgbench_tps": float(tps.split("=")[1].split()[0]) if "=" in tps else 0.0,
+        }
+    )
 
 
 def machine() -> str:
@@ -217,12 +273,16 @@ def machine() -> str:
     except OSError:
         pass
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    pg = subprocess.run([f"{_pg_bindir()}/postgres", "--version"], capture_output=True, text=True).stdout.strip()
+    pg = subprocess.run(
+        [f"{_pg_bindir()}/postgres", "--version"], capture_output=True, text=True
+    ).stdout.strip()
     return f"{os.cpu_count()} cores ({cpu}), {mem:.0f} GiB RAM, {pg}, Python {platform.python_version()}"
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--rows", type=int, default=200_000)
     ap.add_argument("--rate", type=int, default=2000)
     ap.add_argument("--seconds", type=int, default=20)
@@ -230,7 +290,10 @@ def main() -> None:
     ap.add_argument("--write", action="store_true", help="append the results to docs/benchmarks.md")
     args = ap.parse_args()
 
-    a, b = start_postgres(durable=True, env_var="BENCH_SRC_DSN"), start_postgres(durable=True, env_var="BENCH_DST_DSN")
+    a, b = (
+        start_postgres(durable=True, env_var="BENCH_SRC_DSN"),
+        start_postgres(durable=True, env_var="BENCH_DST_DSN"),
+    )
     out: dict[str, Result] = {}
     try:
         with tempfile.TemporaryDirectory(prefix="syncline-bench-") as tmpdir:
@@ -241,12 +304,18 @@ def main() -> None:
                     r.bulk_rows_s, r.bulk_insert_s, r.bulk_total_s = (
                         lambda x: (x.bulk_rows_s, x.bulk_insert_s, x.bulk_total_s)
                     )(bulk(engine, a, b, args.rows, tmp))
-                    print(f"{engine.label}: bulk {r.bulk_rows_s:,.0f} rows/s ({r.bulk_total_s:.2f} s)", flush=True)
+                    print(
+                        f"{engine.label}: bulk {r.bulk_rows_s:,.0f} rows/s ({r.bulk_total_s:.2f} s)",
+                        flush=True,
+                    )
                 if args.only in (None, "oltp"):
                     r.oltp = oltp(engine, a, b, args.rate, args.seconds, tmp).oltp
                     o = r.oltp
-                    print(f"{engine.label}: oltp p50 {o['p50']:.1f} ms p95 {o['p95']:.1f} ms p99 {o['p99']:.1f} ms, "
-                          f"{o['behind_s']:.2f} s behind at stop", flush=True)
+                    print(
+                        f"{engine.label}: oltp p50 {o['p50']:.1f} ms p95 {o['p95']:.1f} ms p99 {o['p99']:.1f} ms, "
+                        f"{o['behind_s']:.2f} s behind at stop",
+                        flush=True,
+                    )
                 out[engine.label] = r
     finally:
         a.stop()

@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from servers import PgServer, start_postgres  # noqa: E402
+from servers import PgServer, start_postgres
 
 
 @pytest.fixture(scope="session")

@@ -51,7 +51,9 @@ def write_config(path: Path, text: str) -> Path:
     return path
 
 
-def syncline(*args: str, timeout: float = 60, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def syncline(
+    *args: str, timeout: float = 60, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "syncline", *args],
         capture_output=True,

@@ -97,7 +97,9 @@ class PgServer:
     def stop(self) -> None:
         if self.datadir and self.bindir:
             subprocess.run(
-                _as_pg_user([f"{self.bindir}/pg_ctl", "-D", self.datadir, "-m", "immediate", "stop"]),
+                _as_pg_user(
+                    [f"{self.bindir}/pg_ctl", "-D", self.datadir, "-m", "immediate", "stop"]
+                ),
                 capture_output=True,
                 check=False,
             )
@@ -107,7 +109,9 @@ class PgServer:
         """Restart a server we started ourselves (fault tests)."""
         assert self.datadir and self.bindir, "only a throwaway server can be restarted"
         subprocess.run(
-            _as_pg_user([f"{self.bindir}/pg_ctl", "-D", self.datadir, "-m", "fast", "-w", "restart"]),
+            _as_pg_user(
+                [f"{self.bindir}/pg_ctl", "-D", self.datadir, "-m", "fast", "-w", "restart"]
+            ),
             capture_output=True,
             check=True,
         )
@@ -132,10 +136,22 @@ def start_postgres(durable: bool = False, env_var: str = "SYNCLINE_TEST_PG_DSN")
         shutil.chown(sockdir, "postgres")
         shutil.chown(pwfile, "postgres")
     subprocess.run(
-        _as_pg_user([
-            f"{bindir}/initdb", "-D", datadir, "-U", "postgres", "--pwfile", pwfile,
-            "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8", "--locale=C.UTF-8",
-        ]),
+        _as_pg_user(
+            [
+                f"{bindir}/initdb",
+                "-D",
+                datadir,
+                "-U",
+                "postgres",
+                "--pwfile",
+                pwfile,
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+                "-E",
+                "UTF8",
+                "--locale=C.UTF-8",
+            ]
+        ),
         capture_output=True,
         check=True,
     )
@@ -161,7 +177,9 @@ def start_postgres(durable: bool = False, env_var: str = "SYNCLINE_TEST_PG_DSN")
         for k, v in conf.items():
             f.write(f"{k} = {v}\n")
     subprocess.run(
-        _as_pg_user([f"{bindir}/pg_ctl", "-D", datadir, "-l", os.path.join(root, "log"), "-w", "start"]),
+        _as_pg_user(
+            [f"{bindir}/pg_ctl", "-D", datadir, "-l", os.path.join(root, "log"), "-w", "start"]
+        ),
         capture_output=True,
         check=True,
     )

@@ -24,7 +24,9 @@ def test_no_args_prints_usage() -> None:
 
 def test_bad_config_exits_2_with_one_line(tmp_path: Path) -> None:
     cfg = tmp_path / "c.yaml"
-    cfg.write_text("pipelines: [{name: a, source: {kind: sqlite, path: x, tables: [t]}, sink: {kind: nope}}]\n")
+    cfg.write_text(
+        "pipelines: [{name: a, source: {kind: sqlite, path: x, tables: [t]}, sink: {kind: nope}}]\n"
+    )
     for verb in ("run", "check"):
         result = syncline(verb, str(cfg))
         assert result.returncode == 2
@@ -53,7 +55,9 @@ def test_sqlite_missing_source_file_is_one_line(tmp_path: Path) -> None:
 
 
 def test_demo_runs_and_verifies(tmp_path: Path) -> None:
-    result = syncline("demo", "--seconds", "3", "--rate", "1000", "--dir", str(tmp_path), timeout=120)
+    result = syncline(
+        "demo", "--seconds", "3", "--rate", "1000", "--dir", str(tmp_path), timeout=120
+    )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "source and target are identical" in result.stdout
     assert (tmp_path / "inventory.db").exists()

@@ -87,7 +87,9 @@ BAD = [
 
 
 @pytest.mark.parametrize(("text", "expected"), BAD, ids=[b[1][:40] for b in BAD])
-def test_bad_config_gives_one_line_naming_the_field(tmp_path: Path, text: str, expected: str) -> None:
+def test_bad_config_gives_one_line_naming_the_field(
+    tmp_path: Path, text: str, expected: str
+) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(write(tmp_path, text), env={})
     message = str(info.value)

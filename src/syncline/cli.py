@@ -24,7 +24,9 @@ app = typer.Typer(
     help="Keep microservices' databases in sync in real time, exactly once.",
 )
 
-ConfigArg = Annotated[Path, typer.Argument(help="Path to the YAML config file.", show_default=False)]
+ConfigArg = Annotated[
+    Path, typer.Argument(help="Path to the YAML config file.", show_default=False)
+]
 
 
 def _setup_logging(level: str) -> None:
@@ -44,10 +46,13 @@ def _fail(exc: SynclineError) -> typer.Exit:
 def run(
     config: ConfigArg,
     pipeline: Annotated[
-        list[str] | None, typer.Option("--pipeline", "-p", help="Run only this pipeline (repeatable).")
+        list[str] | None,
+        typer.Option("--pipeline", "-p", help="Run only this pipeline (repeatable)."),
     ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
-    drain_timeout: Annotated[float, typer.Option(help="Seconds to drain on SIGINT/SIGTERM.")] = 10.0,
+    drain_timeout: Annotated[
+        float, typer.Option(help="Seconds to drain on SIGINT/SIGTERM.")
+    ] = 10.0,
 ) -> None:
     """Run the pipelines until SIGINT/SIGTERM, then drain and exit."""
     from syncline.runtime import Runtime
@@ -93,7 +98,8 @@ def demo(
     seconds: Annotated[float, typer.Option(help="How long the change generator runs.")] = 10.0,
     rate: Annotated[int, typer.Option(help="Target changes per second from the generator.")] = 2000,
     workdir: Annotated[
-        Path | None, typer.Option("--dir", help="Keep the demo databases here (default: a temp dir).")
+        Path | None,
+        typer.Option("--dir", help="Keep the demo databases here (default: a temp dir)."),
     ] = None,
 ) -> None:
     """Sync two SQLite service databases (orders → inventory) live, then verify them."""

@@ -160,7 +160,9 @@ class Config(_Model):
         for p in self.pipelines:
             if p.name == name:
                 return p
-        raise ConfigError(f"no pipeline named {name!r} (have: {', '.join(p.name for p in self.pipelines)})")
+        raise ConfigError(
+            f"no pipeline named {name!r} (have: {', '.join(p.name for p in self.pipelines)})"
+        )
 
 
 def interpolate(text: str, env: dict[str, str] | None = None) -> str:
@@ -191,7 +193,9 @@ def _loc(loc: tuple[int | str, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in ("postgres", "sqlite", "embedded") and out.endswith(("source", "sink", "transport")):
+        elif part in ("postgres", "sqlite", "embedded") and out.endswith(
+            ("source", "sink", "transport")
+        ):
             continue  # pydantic's discriminator tag adds noise to the path
         else:
             out += f".{part}" if out else str(part)
@@ -205,7 +209,9 @@ def format_validation_error(exc: ValidationError, origin: str) -> str:
         if err["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling)"
         elif err["type"] == "union_tag_invalid":
-            msg = f"unknown kind {err['ctx']['tag']!r}; expected one of {err['ctx']['expected_tags']}"
+            msg = (
+                f"unknown kind {err['ctx']['tag']!r}; expected one of {err['ctx']['expected_tags']}"
+            )
         parts.append(f"{_loc(err['loc'])}: {msg}")
     return f"{origin}: " + "; ".join(parts)
 

@@ -72,12 +72,24 @@ class Generator(threading.Thread):
                     customers += 1
                     cur = db.execute(
                         "INSERT INTO customers VALUES (?,?,?,?)",
-                        (customers, f"Customer {customers}", f"c{customers}@example.com", rng.choice("ABC")),
+                        (
+                            customers,
+                            f"Customer {customers}",
+                            f"c{customers}@example.com",
+                            rng.choice("ABC"),
+                        ),
                     )
                 elif roll < 0.6 or next_id < 10:
                     cur = db.execute(
                         "INSERT INTO orders VALUES (?,?,?,?,?,?)",
-                        (next_id, rng.randint(1, customers), "new", rng.randint(100, 99_999), "démo ✓", now),
+                        (
+                            next_id,
+                            rng.randint(1, customers),
+                            "new",
+                            rng.randint(100, 99_999),
+                            "démo ✓",
+                            now,
+                        ),
                     )
                     next_id += 1
                 elif roll < 0.92:
@@ -86,7 +98,9 @@ class Generator(threading.Thread):
                         (rng.choice(STATUSES), now, rng.randint(1, next_id - 1)),
                     )
                 else:
-                    cur = db.execute("DELETE FROM orders WHERE id=?", (rng.randint(1, next_id - 1),))
+                    cur = db.execute(
+                        "DELETE FROM orders WHERE id=?", (rng.randint(1, next_id - 1),)
+                    )
                 self.changes += cur.rowcount  # an update of a deleted order changes nothing
             db.execute("COMMIT")
         db.close()
@@ -108,8 +122,12 @@ def _progress(pipe: Pipeline, gen: Generator, started: float) -> Table:
     for col in ("generated", "captured", "applied", "rows/s applied", "lag p50", "lag p99"):
         t.add_column(col, justify="right")
     t.add_row(
-        f"{gen.changes:,}", f"{s.captured:,}", f"{s.applied + s.skipped:,}",
-        f"{(s.applied + s.skipped) / elapsed:,.0f}", f"{p50:.1f} ms", f"{p99:.1f} ms",
+        f"{gen.changes:,}",
+        f"{s.captured:,}",
+        f"{s.applied + s.skipped:,}",
+        f"{(s.applied + s.skipped) / elapsed:,.0f}",
+        f"{p50:.1f} ms",
+        f"{p99:.1f} ms",
     )
     return t
 
@@ -129,7 +147,9 @@ def run_demo(seconds: float = 10.0, rate: int = 2000, workdir: Path | None = Non
 
     cfg = PipelineConfig(
         name="orders-to-inventory",
-        source=SqliteSourceConfig(kind="sqlite", path=str(orders_db), tables=["orders", "customers"]),
+        source=SqliteSourceConfig(
+            kind="sqlite", path=str(orders_db), tables=["orders", "customers"]
+        ),
         transport=EmbeddedTransportConfig(path=str(workdir / "log")),
         sink=SqliteSinkConfig(
             kind="sqlite",
@@ -152,8 +172,10 @@ def run_demo(seconds: float = 10.0, rate: int = 2000, workdir: Path | None = Non
             time.sleep(0.25)
             live.update(_progress(pipe, gen, started))
         deadline = time.monotonic() + 30
-        while pipe.alive and time.monotonic() < deadline and (
-            pipe.stats.captured < gen.changes or not pipe.caught_up()
+        while (
+            pipe.alive
+            and time.monotonic() < deadline
+            and (pipe.stats.captured < gen.changes or not pipe.caught_up())
         ):
             time.sleep(0.05)
             live.update(_progress(pipe, gen, started))
@@ -163,22 +185,33 @@ def run_demo(seconds: float = 10.0, rate: int = 2000, workdir: Path | None = Non
 
     cols_o = "id, customer_id, status, total_cents, note, updated_at"
     cols_c = "id, name, email, tier"
-    same_orders = _rows(orders_db, "orders", cols_o) == _rows(inventory_db, "orders_replica", cols_o)
-    same_customers = _rows(orders_db, "customers", cols_c) == _rows(inventory_db, "customers", cols_c)
+    same_orders = _rows(orders_db, "orders", cols_o) == _rows(
+        inventory_db, "orders_replica", cols_o
+    )
+    same_customers = _rows(orders_db, "customers", cols_c) == _rows(
+        inventory_db, "customers", cols_c
+    )
     s = pipe.stats
     p50, p99 = s.latency_percentiles(50, 99)
     summary = Table(title="summary", show_header=False)
     summary.add_row("changes generated", f"{gen.changes:,}")
     summary.add_row("events captured / applied", f"{s.captured:,} / {s.applied + s.skipped:,}")
-    summary.add_row("throughput", f"{(s.applied + s.skipped) / elapsed:,.0f} events/s over {elapsed:.1f} s")
+    summary.add_row(
+        "throughput", f"{(s.applied + s.skipped) / elapsed:,.0f} events/s over {elapsed:.1f} s"
+    )
     summary.add_row("commit→apply lag", f"p50 {p50:.1f} ms, p99 {p99:.1f} ms")
     summary.add_row("orders == orders_replica", "[green]yes[/]" if same_orders else "[red]NO[/]")
     summary.add_row("customers == customers", "[green]yes[/]" if same_customers else "[red]NO[/]")
+    console.print()
     console.print(summary)
     ok = same_orders and same_customers and s.state != "failed" and s.captured == gen.changes
     if s.error and s.state == "failed":
         console.print(f"[red]pipeline failed:[/] {s.error}")
-    console.print("[green bold]source and target are identical[/]" if ok else "[red bold]verification failed[/]")
+    console.print(
+        "[green bold]source and target are identical[/]"
+        if ok
+        else "[red bold]verification failed[/]"
+    )
     if tmp is not None:
         tmp.cleanup()
     return ok

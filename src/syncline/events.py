@@ -45,7 +45,7 @@ class SourceInfo(msgspec.Struct, kw_only=True, omit_defaults=True):
     db: str
     schema: str
     table: str
-    txId: int | None = None  # noqa: N815 (Debezium's spelling)
+    txId: int | None = None
     lsn: int | None = None
     seq: int | None = None  # order inside the source transaction or changelog
 

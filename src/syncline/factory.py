@@ -19,7 +19,9 @@ from syncline.transports.base import Transport
 
 
 def _missing_driver(kind: str, extra: str, exc: ImportError) -> ConfigError:
-    return ConfigError(f"{kind} support needs the {extra!r} extra: pip install 'syncline[{extra}]' ({exc})")
+    return ConfigError(
+        f"{kind} support needs the {extra!r} extra: pip install 'syncline[{extra}]' ({exc})"
+    )
 
 
 def build_source(cfg: SourceConfig, pipeline: str) -> Source:

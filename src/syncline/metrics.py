@@ -22,7 +22,9 @@ def percentile(sorted_values: list[float], q: float) -> float:
 @dataclass
 class PipelineStats:
     name: str
-    state: str = "starting"  # starting | snapshot | running | degraded | stopping | stopped | failed
+    state: str = (
+        "starting"  # starting | snapshot | running | degraded | stopping | stopped | failed
+    )
     error: str | None = None
     captured: int = 0
     published: int = 0

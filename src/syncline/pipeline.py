@@ -63,8 +63,12 @@ class Pipeline:
 
     def start(self) -> None:
         self._threads = [
-            threading.Thread(target=self._guard(self._capture_loop), name=f"{self.name}-capture", daemon=True),
-            threading.Thread(target=self._guard(self._apply_loop), name=f"{self.name}-apply", daemon=True),
+            threading.Thread(
+                target=self._guard(self._capture_loop), name=f"{self.name}-capture", daemon=True
+            ),
+            threading.Thread(
+                target=self._guard(self._apply_loop), name=f"{self.name}-apply", daemon=True
+            ),
         ]
         for t in self._threads:
             t.start()
@@ -77,7 +81,11 @@ class Pipeline:
         self._threads[0].join(max(0.0, deadline - time.monotonic()))
         if drain:
             ends = self.transport.end_offsets()
-            while time.monotonic() < deadline and self._threads[1].is_alive() and not self.caught_up(ends):
+            while (
+                time.monotonic() < deadline
+                and self._threads[1].is_alive()
+                and not self.caught_up(ends)
+            ):
                 time.sleep(0.01)
         self._stop_apply.set()
         self._threads[1].join(max(0.0, deadline - time.monotonic()))
@@ -170,7 +178,11 @@ class Pipeline:
             if batch is None:
                 continue
             records = [
-                Record(ch.event.source.schema + "." + ch.event.source.table, encode_key(ch.key), encode_value(ch.event))
+                Record(
+                    ch.event.source.schema + "." + ch.event.source.table,
+                    encode_key(ch.key),
+                    encode_value(ch.event),
+                )
                 for ch in batch.changes
             ]
             producer.publish(records, batch.checkpoint)
@@ -179,7 +191,9 @@ class Pipeline:
             stats.published += len(records)
             stats.source_checkpoint = batch.checkpoint
             if stats.state == "degraded" or (
-                stats.state == "snapshot" and batch.changes and batch.changes[-1].event.source.snapshot == "false"
+                stats.state == "snapshot"
+                and batch.changes
+                and batch.changes[-1].event.source.snapshot == "false"
             ):
                 stats.state = "running"
                 stats.error = None
@@ -232,7 +246,11 @@ class Pipeline:
             stats.skipped += result.skipped
             stats.batches += 1
             stats.record_latencies(
-                [(done_us - (c.event.source.ts_us or c.event.source.ts_ms * 1000)) / 1000.0 for c in changes if c.event.op != "r"]
+                [
+                    (done_us - (c.event.source.ts_us or c.event.source.ts_ms * 1000)) / 1000.0
+                    for c in changes
+                    if c.event.op != "r"
+                ]
             )
             if stats.state == "degraded":
                 stats.state = "running"

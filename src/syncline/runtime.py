@@ -52,7 +52,12 @@ class Runtime:
                     p50, p99 = s.latency_percentiles(50, 99)
                     log.info(
                         "pipeline %s %s: captured=%d applied=%d lag_p50=%.1fms lag_p99=%.1fms",
-                        p.name, s.state, s.captured, s.applied, p50, p99,
+                        p.name,
+                        s.state,
+                        s.captured,
+                        s.applied,
+                        p50,
+                        p99,
                     )
         self.shutdown(drain_timeout)
         failed = [p for p in self.pipelines if p.stats.state == "failed"]
@@ -63,7 +68,8 @@ class Runtime:
     def shutdown(self, timeout: float = 10.0) -> None:
         """Drain and stop all pipelines in parallel, within ``timeout`` seconds."""
         threads = [
-            threading.Thread(target=p.stop, kwargs={"drain": True, "timeout": timeout}) for p in self.pipelines
+            threading.Thread(target=p.stop, kwargs={"drain": True, "timeout": timeout})
+            for p in self.pipelines
         ]
         for t in threads:
             t.start()

@@ -25,7 +25,9 @@ CREATE TABLE public.accounts (
 
 # The target refuses nothing but records every update that does not move `version`
 # forward: a change applied twice (or an old one re-applied) shows up here.
-TARGET_DDL = SOURCE_DDL + """
+TARGET_DDL = (
+    SOURCE_DDL
+    + """
 CREATE TABLE public.double_applies (id bigint, old_version int, new_version int);
 CREATE FUNCTION public.check_version() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
@@ -37,6 +39,7 @@ END $$;
 CREATE TRIGGER accounts_version BEFORE UPDATE ON public.accounts
   FOR EACH ROW EXECUTE FUNCTION public.check_version();
 """
+)
 
 SELECT = "SELECT id, owner, balance, version, tags, updated_at FROM public.accounts ORDER BY id"
 
@@ -48,7 +51,7 @@ def config(tmp_path: Path, src: str, dst: str, batch: int = 500) -> Path:
 pipelines:
   - name: accounts
     source: {{kind: postgres, dsn: "{src}", tables: [public.accounts], heartbeat_interval: 1}}
-    transport: {{kind: embedded, path: "{tmp_path / 'log'}", partitions: 4}}
+    transport: {{kind: embedded, path: "{tmp_path / "log"}", partitions: 4}}
     sink: {{kind: postgres, dsn: "{dst}"}}
     batch: {{max_events: {batch}, max_wait_ms: 10}}
 """,
@@ -76,7 +79,12 @@ class Writer(threading.Thread):
                     if r < 0.5 or self.next_id < 20:
                         cur.execute(
                             "INSERT INTO accounts(id, owner, balance, tags) VALUES (%s, %s, %s, %s)",
-                            (self.next_id, f"owner {self.next_id}", self.rng.randint(0, 10**6) / 100, ["a", "b c"]),
+                            (
+                                self.next_id,
+                                f"owner {self.next_id}",
+                                self.rng.randint(0, 10**6) / 100,
+                                ["a", "b c"],
+                            ),
                         )
                         self.next_id += 1
                     elif r < 0.9:
@@ -86,7 +94,10 @@ class Writer(threading.Thread):
                             (self.rng.randint(1, self.next_id - 1),),
                         )
                     else:
-                        cur.execute("DELETE FROM accounts WHERE id = %s", (self.rng.randint(1, self.next_id - 1),))
+                        cur.execute(
+                            "DELETE FROM accounts WHERE id = %s",
+                            (self.rng.randint(1, self.next_id - 1),),
+                        )
                 conn.commit()
                 self.commits += 1
                 time.sleep(0.002)
@@ -95,7 +106,9 @@ class Writer(threading.Thread):
             self.error = exc
 
 
-def test_snapshot_then_stream_converges(tmp_path: Path, pg_source_dsn: str, pg_target_dsn: str) -> None:
+def test_snapshot_then_stream_converges(
+    tmp_path: Path, pg_source_dsn: str, pg_target_dsn: str
+) -> None:
     pg_exec(pg_source_dsn, SOURCE_DDL)
     pg_exec(pg_target_dsn, TARGET_DDL)
     pg_exec(
@@ -108,9 +121,9 @@ def test_snapshot_then_stream_converges(tmp_path: Path, pg_source_dsn: str, pg_t
         writer.start()
         writer.join()
         assert writer.error is None
-        assert wait_until(lambda: pg_rows(pg_source_dsn, SELECT) == pg_rows(pg_target_dsn, SELECT), 60), (
-            tmp_path / "run.log"
-        ).read_text()[-3000:]
+        assert wait_until(
+            lambda: pg_rows(pg_source_dsn, SELECT) == pg_rows(pg_target_dsn, SELECT), 60
+        ), (tmp_path / "run.log").read_text()[-3000:]
         assert pg_rows(pg_target_dsn, "SELECT count(*) FROM double_applies") == [(0,)]
         assert proc.terminate() == 0
     finally:
@@ -135,7 +148,9 @@ def test_kill9_midstream_restarts_without_loss_or_double_apply(
     assert writer.error is None
     proc = SynclineProcess(cfg, tmp_path / "run.log")
     try:
-        converged = wait_until(lambda: pg_rows(pg_source_dsn, SELECT) == pg_rows(pg_target_dsn, SELECT), 90)
+        converged = wait_until(
+            lambda: pg_rows(pg_source_dsn, SELECT) == pg_rows(pg_target_dsn, SELECT), 90
+        )
         assert converged, (tmp_path / "run.log").read_text()[-3000:]
         assert pg_rows(pg_target_dsn, "SELECT count(*) FROM double_applies") == [(0,)]
         assert proc.terminate() == 0
@@ -149,8 +164,13 @@ def test_restart_resumes_from_slot(tmp_path: Path, pg_source_dsn: str, pg_target
     pg_exec(pg_target_dsn, TARGET_DDL)
     cfg = config(tmp_path, pg_source_dsn, pg_target_dsn)
     proc = SynclineProcess(cfg, tmp_path / "run.log")
-    pg_exec(pg_source_dsn, "INSERT INTO accounts(id, owner, balance) SELECT g, 'x', 1 FROM generate_series(1, 100) g")
-    assert wait_until(lambda: pg_rows(pg_target_dsn, "SELECT count(*) FROM accounts") == [(100,)], 30)
+    pg_exec(
+        pg_source_dsn,
+        "INSERT INTO accounts(id, owner, balance) SELECT g, 'x', 1 FROM generate_series(1, 100) g",
+    )
+    assert wait_until(
+        lambda: pg_rows(pg_target_dsn, "SELECT count(*) FROM accounts") == [(100,)], 30
+    )
     assert proc.terminate() == 0
     # changes made while syncline is down wait in the slot
     pg_exec(
@@ -160,7 +180,9 @@ def test_restart_resumes_from_slot(tmp_path: Path, pg_source_dsn: str, pg_target
     )
     proc = SynclineProcess(cfg, tmp_path / "run.log")
     try:
-        assert wait_until(lambda: pg_rows(pg_source_dsn, SELECT) == pg_rows(pg_target_dsn, SELECT), 30)
+        assert wait_until(
+            lambda: pg_rows(pg_source_dsn, SELECT) == pg_rows(pg_target_dsn, SELECT), 30
+        )
         assert pg_rows(pg_target_dsn, "SELECT count(*) FROM double_applies") == [(0,)]
     finally:
         proc.terminate()
@@ -195,7 +217,7 @@ def test_bad_input_gives_one_line_error(
 pipelines:
   - name: bad
     source: {{kind: postgres, dsn: "{src}", tables: [{table}]}}
-    transport: {{kind: embedded, path: "{tmp_path / 'log'}"}}
+    transport: {{kind: embedded, path: "{tmp_path / "log"}"}}
     sink: {{kind: postgres, dsn: "{pg_target_dsn}"}}
 """,
     )
