@@ -1,0 +1,175 @@
+"""The initial snapshot: every captured row as an op "r" event, read in bounded chunks.
+
+It runs inside the snapshot the replication slot exported when it was created,
+so the rows it reads plus the changes the slot streams from its consistent
+point are every row exactly once. A server-side cursor per table stays open
+across ``read()`` calls; memory holds one chunk at a time.
+
+Values are fetched in their text output form (psycopg2 typecasters registered
+per result column OID hand us the raw string) and run through the same
+converters as the stream, so a snapshot row and a streamed row look alike.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import psycopg2.extensions
+from psycopg2 import sql
+
+from syncline.events import Change, ChangeEvent, SourceInfo
+from syncline.sources.base import ProgressFn
+from syncline.sources.postgres.catalog import TableInfo
+from syncline.sources.postgres.values import StrConv, TypeRegistry
+
+CHUNK = 5000
+
+
+def _caster(conv: StrConv) -> Callable[[Any, Any], Any]:
+    def cast(value: Any, _cur: Any) -> Any:
+        return None if value is None else conv(value)
+
+    return cast
+
+
+class SnapshotReader:
+    """Reads ``tables`` in order inside an exported snapshot; see ``read``."""
+
+    def __init__(
+        self,
+        conn: Any,
+        snapshot_name: str,
+        tables: list[TableInfo],
+        registry: TypeRegistry,
+        pipeline: str,
+        db: str,
+        lsn: int,
+        on_progress: ProgressFn | None = None,
+    ) -> None:
+        self._conn = conn
+        self._tables = [t for t in tables]
+        self._registry = registry
+        self._pipeline = pipeline
+        self._db = db
+        self._lsn = lsn
+        self._on_progress = on_progress
+        self._index = 0
+        self._cursor: Any = None
+        self._rows_done = 0
+        self._held: list[Change] = []
+        self.done = False  # every table has been read to the end
+        self.finished = False  # ... and every row has been handed out
+        conn.set_session(isolation_level="REPEATABLE READ", readonly=True, autocommit=False)
+        with conn.cursor() as cur:
+            cur.execute("SET TRANSACTION SNAPSHOT %s", (snapshot_name,))
+        self._register_casters()
+        if not self._tables:
+            self._finish()
+
+    def _register_casters(self) -> None:
+        """Map each result column's wire type OID to its converter (domains arrive as their base)."""
+        seen: set[int] = set()
+        with self._conn.cursor() as cur:
+            for t in self._tables:
+                cur.execute(
+                    sql.SQL("SELECT {} FROM {} LIMIT 0").format(self._columns(t), self._ident(t))
+                )
+                for col, desc in zip(t.columns, cur.description, strict=True):
+                    wire = int(desc.type_code)
+                    if wire in seen:
+                        continue
+                    seen.add(wire)
+                    conv = self._registry.converter(col.type_oid).from_str
+                    caster = psycopg2.extensions.new_type(
+                        (wire,), f"SYNCLINE_{wire}", _caster(conv)
+                    )
+                    psycopg2.extensions.register_type(caster, self._conn)
+
+    @staticmethod
+    def _columns(t: TableInfo) -> sql.Composable:
+        return sql.SQL(", ").join(sql.Identifier(c.name) for c in t.columns)
+
+    @staticmethod
+    def _ident(t: TableInfo) -> sql.Composable:
+        return sql.Identifier(t.schema, t.name)
+
+    def read(self, max_rows: int) -> list[Change]:
+        """Up to ``max_rows`` snapshot events; the very last one is marked ``snapshot="last"``.
+
+        One event is held back between calls so the final row can be marked
+        even when the last table turns out to be empty.
+        """
+        max_rows = max(1, max_rows)
+        out = self._held
+        self._held = []
+        while len(out) <= max_rows and not self.done:
+            self._fetch_into(out, max_rows + 1 - len(out))
+        if self.done and len(out) <= max_rows:
+            if out:
+                out[-1].event.source.snapshot = "last"
+            self.finished = True
+            return out
+        self._held = out[max_rows:]
+        return out[:max_rows]
+
+    def _fetch_into(self, out: list[Change], n: int) -> None:
+        t = self._tables[self._index]
+        if self._cursor is None:
+            self._cursor = self._conn.cursor(name=f"syncline_snapshot_{self._index}")
+            self._cursor.itersize = CHUNK
+            self._cursor.execute(
+                sql.SQL("SELECT {} FROM {}").format(self._columns(t), self._ident(t))
+            )
+            self._rows_done = 0
+        n = min(n, CHUNK)
+        rows = self._cursor.fetchmany(n)
+        names = tuple(c.name for c in t.columns)
+        key = t.key
+        now = time.time_ns() // 1000
+        now_ms = now // 1000
+        pipeline, db, lsn, schema, table = self._pipeline, self._db, self._lsn, t.schema, t.name
+        append = out.append
+        for values in rows:
+            after = dict(zip(names, values, strict=True))
+            source = SourceInfo(
+                connector="postgresql",
+                name=pipeline,
+                ts_ms=now_ms,
+                ts_us=now,
+                snapshot="true",
+                db=db,
+                schema=schema,
+                table=table,
+                lsn=lsn,
+            )
+            append(
+                Change(
+                    {k: after[k] for k in key},
+                    ChangeEvent(after=after, source=source, op="r", ts_ms=now_ms, ts_us=now),
+                )
+            )
+        self._rows_done += len(rows)
+        if self._on_progress is not None:
+            self._on_progress(t.table_id, self._rows_done, t.estimate)
+        if len(rows) < n:
+            self._cursor.close()
+            self._cursor = None
+            self._index += 1
+            if self._index >= len(self._tables):
+                self._finish()
+
+    def _finish(self) -> None:
+        self.done = True
+        self._conn.rollback()  # read-only: nothing to commit, and it releases the snapshot
+
+    def close(self) -> None:
+        try:
+            if self._cursor is not None and not self._conn.closed:
+                self._cursor.close()
+        except psycopg2.Error:
+            pass
+        self._cursor = None
+        if not self._conn.closed:
+            self._conn.close()
