@@ -15,7 +15,7 @@ import psycopg2
 import pytest
 
 from syncline.config import PostgresSourceConfig
-from syncline.errors import AuthError, ConnectError, PermanentError, SchemaError
+from syncline.errors import AuthError, ConnectError, PermanentError, SchemaError, TransientError
 from syncline.events import Change
 from syncline.sources.base import CaptureBatch, Checkpoint
 from syncline.sources.postgres import PostgresSource
@@ -449,6 +449,43 @@ def test_existing_publication_gets_missing_tables(pg_source_dsn: str) -> None:
 
 
 # -- bad paths ------------------------------------------------------------------------
+
+
+def test_lost_connection_mid_stream_is_transient(pg_source_dsn: str) -> None:
+    _exec(pg_source_dsn, "CREATE TABLE t (id int PRIMARY KEY)")
+    src = _source(pg_source_dsn, ["t"], snapshot="never")
+    try:
+        src.open(None)
+        _exec(pg_source_dsn, "INSERT INTO t VALUES (1)")
+        batches: list[CaptureBatch] = []
+        assert len(_collect(src, 1, batches=batches)) == 1
+        _exec(
+            pg_source_dsn,
+            "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = %s",
+            params=(src.slot,),
+        )
+        with pytest.raises(
+            ConnectError, match=r"lost connection to PostgreSQL at 127\.0\.0\.1:\d+ while streaming"
+        ):
+            for _ in range(50):
+                src.read(10, 0.1)
+    finally:
+        src.close()
+    # a new run picks up after the stored checkpoint (the server may not have seen the ack)
+    src2 = PostgresSource(src.config, src.pipeline)
+    try:
+        deadline = time.monotonic() + 10
+        while True:  # the old walsender may take a moment to release the slot
+            try:
+                src2.open(batches[-1].checkpoint)
+                break
+            except TransientError:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+        _exec(pg_source_dsn, "INSERT INTO t VALUES (2)")
+        assert [c.key["id"] for c in _collect(src2, 1)] == [2]
+    finally:
+        src2.close()
 
 
 def _closed_port() -> int:

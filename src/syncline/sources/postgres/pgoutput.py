@@ -177,21 +177,25 @@ class Decoder:
         row: Row = {}
         unchanged: list[str] | None = None
         unpack = _I32.unpack_from
+        if n != len(names):
+            raise DataError(
+                f"pgoutput row of {rel.schema}.{rel.name} has {n} columns, its Relation message {len(names)}"
+            )
         try:
-            for i in range(n):
+            for name, conv in zip(names, convs, strict=False):
                 kind = data[pos]
                 if kind == _T:
                     (ln,) = unpack(data, pos + 1)
                     pos += 5
-                    row[names[i]] = convs[i](data[pos : pos + ln])
+                    row[name] = conv(data[pos : pos + ln])
                     pos += ln
                 elif kind == _N:
-                    row[names[i]] = None
+                    row[name] = None
                     pos += 1
                 elif kind == _U:
                     if unchanged is None:
                         unchanged = []
-                    unchanged.append(names[i])
+                    unchanged.append(name)
                     pos += 1
                 else:
                     raise DataError(

@@ -17,7 +17,7 @@ import math
 import re
 from base64 import b64encode
 from binascii import unhexlify
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -144,7 +144,7 @@ def array_converter(elem: StrConv, delim: str) -> Converter:
 
 
 _TOKEN: dict[str, re.Pattern[str]] = {}
-_QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"', re.S)
+_QUOTED = re.compile(r'"([^"\\]*(?:\\.[^"\\]*)*)"', re.S)  # unrolled: no per-char alternation
 _UNESCAPE = re.compile(r"\\(.)", re.S)
 
 
@@ -154,14 +154,18 @@ def parse_array(s: str, conv: StrConv, delim: str = ",") -> list[Any] | str:
     Elements go through ``conv``; unquoted ``NULL`` becomes ``None``. Text that
     is not an array literal is returned unchanged rather than guessed at.
     """
-    if s.startswith("["):  # non-default lower bounds: "[0:1]={...}"
-        s = s[s.find("=") + 1 :]
     if not s.startswith("{"):
-        return s
+        if s.startswith("["):  # non-default lower bounds: "[0:1]={...}"
+            s = s[s.find("=") + 1 :]
+        if not s.startswith("{"):
+            return s
     if s == "{}":
         return []
-    if '"' not in s and "{" not in s[1:]:  # fast path: flat and unquoted
-        return [None if e == "NULL" else conv(e) for e in s[1:-1].split(delim)]
+    if s[1] != "{":  # one dimension (array_out starts nested arrays with "{{")
+        if '"' not in s:
+            return [None if e == "NULL" else conv(e) for e in s[1:-1].split(delim)]
+        if delim == ",":
+            return _flat_quoted(s, conv)
     token = _TOKEN.get(delim)
     if token is None:
         token = _TOKEN[delim] = re.compile(f"[^{re.escape(delim)}}}]*")
@@ -169,6 +173,29 @@ def parse_array(s: str, conv: StrConv, delim: str = ",") -> list[Any] | str:
     if end != len(s):
         raise ValueError(f"trailing text after array literal at {end}")
     return value
+
+
+_FLAT = re.compile(r'"([^"\\]*(?:\\.[^"\\]*)*)"|([^,"{}]+)', re.S)
+
+
+def _flat_quoted(s: str, conv: StrConv) -> list[Any]:
+    """One-dimensional array with some quoted elements: one regex scan."""
+    out: list[Any] = []
+    append = out.append
+    pos = 1
+    for m in _FLAT.finditer(s, 1, len(s) - 1):
+        if m.start() != pos:
+            raise ValueError(f"unexpected {s[pos]!r} in array literal at {pos}")
+        pos = m.end() + 1  # past the delimiter
+        plain = m.group(2)
+        if plain is None:
+            text = m.group(1)
+            append(conv(_UNESCAPE.sub(r"\1", text) if "\\" in text else text))
+        else:
+            append(None if plain == "NULL" else conv(plain))
+    if pos != len(s):
+        raise ValueError(f"unexpected text in array literal at {pos - 1}")
+    return out
 
 
 def _parse(
@@ -202,15 +229,3 @@ def _parse(
         if c != delim:
             raise ValueError(f"unexpected {c!r} in array literal at {i}")
         i += 1
-
-
-def converters_for(oids: list[int], registry: TypeRegistry) -> list[Converter]:
-    return [registry.converter(o) for o in oids]
-
-
-def type_info_from_row(row: Mapping[str, Any] | tuple[Any, ...]) -> TypeInfo:
-    """``(typcategory, typelem, typdelim, typbasetype)`` as the catalog query returns it."""
-    if isinstance(row, Mapping):
-        row = (row["typcategory"], row["typelem"], row["typdelim"], row["typbasetype"])
-    cat, elem, delim, base = row
-    return TypeInfo(str(cat), int(elem), str(delim), int(base))
