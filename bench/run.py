@@ -36,8 +36,8 @@ BULK_DDL = """CREATE TABLE public.bulk (
   id bigint PRIMARY KEY, customer text NOT NULL, status text NOT NULL,
   amount numeric(12,2) NOT NULL, note text, created_at timestamptz NOT NULL)"""
 BULK_INSERT = """INSERT INTO public.bulk
-  SELECT g, 'customer-' || (g % 9973), (ARRAY['new','paid','shipped'])[1 + g % 3],
-         (g % 100000) / 100.0, md5(g::text) || md5((g * 7)::text) || md5((g * 13)::text),
+  SELECT g, 'customer-' || mod(g, 9973), (ARRAY['new','paid','shipped'])[1 + mod(g, 3)],
+         mod(g, 100000) / 100.0, md5(g::text) || md5((g * 7)::text) || md5((g * 13)::text),
          now()
   FROM generate_series(1, %s) g"""
 OLTP_DDL = """CREATE TABLE public.oltp (
