@@ -570,6 +570,48 @@ def test_wal_level_message() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("driver_message", "kind", "ours"),
+    [
+        (
+            'could not translate host name "db.example" to address: Name or service not known',
+            ConnectError,
+            "cannot connect to PostgreSQL at db.example:6543: unknown host (source of pipeline orders)",
+        ),
+        (
+            "timeout expired",
+            ConnectError,
+            "cannot connect to PostgreSQL at db.example:6543: timed out (source of pipeline orders)",
+        ),
+        (
+            "logical decoding requires wal_level >= logical",
+            SchemaError,
+            "logical decoding is off at db.example:6543: set wal_level=logical and restart "
+            "PostgreSQL (source of pipeline orders)",
+        ),
+        (
+            'FATAL:  role "u" does not exist',
+            AuthError,
+            "user u does not exist at db.example:6543 (source of pipeline orders)",
+        ),
+        (
+            "server closed the connection unexpectedly s3cret",
+            ConnectError,
+            "lost connection to PostgreSQL at db.example:6543 while streaming: server closed the "
+            "connection unexpectedly *** (source of pipeline orders)",
+        ),
+    ],
+)
+def test_driver_messages_become_one_actionable_line(
+    driver_message: str, kind: type[Exception], ours: str
+) -> None:
+    from syncline.sources.postgres.errors import translate
+
+    ep = endpoint("postgresql://u:s3cret@db.example:6543/app", "orders")
+    err = translate(psycopg2.OperationalError(driver_message + "\n\tdetail line"), ep, "streaming")
+    assert type(err) is kind and str(err) == ours
+
+
 def test_check_on_a_server_without_logical_wal() -> None:
     """The machine's own PostgreSQL runs with wal_level=replica; use it when it is there."""
     dsn = "postgresql://postgres@127.0.0.1:5432/postgres"

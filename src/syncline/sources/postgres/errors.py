@@ -99,6 +99,10 @@ def translate(exc: BaseException, ep: Endpoint, doing: str = "") -> SynclineErro
             f"user {ep.user} may not use replication at {where}: "
             f"ALTER ROLE {ep.user} REPLICATION ({role})"
         )
+    if "requires wal_level" in low:
+        return SchemaError(
+            f"logical decoding is off at {where}: set wal_level=logical and restart PostgreSQL ({role})"
+        )
     if 'database "' in low and "does not exist" in low:
         return PermanentError(f"database {ep.dbname} does not exist at {where} ({role})")
     for needle, why in (

@@ -160,6 +160,8 @@ class PostgresSource(Source):
         except psycopg2.Error as exc:
             raise translate(exc, self._ep, f"preparing publication {self.publication}") from exc
 
+        if checkpoint is not None:
+            self._position(checkpoint)  # refuse a foreign checkpoint before touching the slot
         snap_state = (checkpoint or {}).get("snapshot", "done")
         resnapshot = self.config.snapshot == "initial" and (
             checkpoint is None or snap_state != "done"
@@ -196,11 +198,7 @@ class PostgresSource(Source):
             return
 
         if checkpoint is not None:
-            lsn, seq, end = (
-                int(checkpoint["lsn"]),
-                int(checkpoint["seq"]),
-                int(checkpoint["end_lsn"]),
-            )
+            lsn, seq, end = self._position(checkpoint)
             if slot is None:
                 raise PermanentError(
                     f"replication slot {self.slot} is missing at {self._ep.where} but pipeline "
@@ -368,8 +366,17 @@ class PostgresSource(Source):
             self._last_status = now
             self._cur.send_feedback(force=True)
 
+    def _position(self, checkpoint: Checkpoint) -> tuple[int, int, int]:
+        try:
+            return int(checkpoint["lsn"]), int(checkpoint["seq"]), int(checkpoint["end_lsn"])
+        except (KeyError, TypeError, ValueError):
+            raise PermanentError(
+                f"checkpoint {checkpoint!r} of pipeline {self.pipeline} is not a PostgreSQL source "
+                "checkpoint (expected lsn, seq and end_lsn)"
+            ) from None
+
     def ack(self, checkpoint: Checkpoint) -> None:
-        pos = (int(checkpoint["lsn"]), int(checkpoint["seq"]), int(checkpoint["end_lsn"]))
+        pos = self._position(checkpoint)
         if pos > self._acked:
             self._acked = pos
         end = pos[2]
