@@ -49,7 +49,7 @@ class SnapshotReader:
         on_progress: ProgressFn | None = None,
     ) -> None:
         self._conn = conn
-        self._tables = [t for t in tables]
+        self._tables = list(tables)
         self._registry = registry
         self._pipeline = pipeline
         self._db = db
