@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from syncline.errors import DataError, SchemaError
+from syncline.errors import DataError, SchemaError, TransientError
 from syncline.events import Change, ChangeEvent, Op, SourceInfo
 from syncline.schema import Column, TableSchema
 from syncline.sinks.base import Sink
@@ -211,6 +211,18 @@ class SinkContract(abc.ABC):
         assert again.positions() == {0: 2, 3: 7}
         other = self.sink(ddl=None, pipeline="q")
         assert other.positions() == {}
+
+    def test_a_stale_second_applier_is_fenced_off(self) -> None:
+        first = self.sink()
+        zombie = self.sink(ddl=None)
+        assert first.positions() == zombie.positions() == {}
+        first.apply([ins(1, name="first")], {0: 1})
+        with pytest.raises(TransientError, match="another syncline process is applying"):
+            zombie.apply([ins(1, name="zombie")], {0: 1})
+        assert self.items() == [(1, "first", 0)]
+        assert zombie.positions() == {0: 1}  # after re-reading it may go on
+        zombie.apply([ins(2)], {0: 2})
+        assert self.items() == [(1, "first", 0), (2, "n2", 0)]
 
     def test_failed_batch_leaves_rows_and_positions_untouched(self) -> None:
         s = self.sink()

@@ -42,6 +42,7 @@ from syncline.sinks.sql import (
     b64decode,
     check_target,
     create_table_sql,
+    fence_check,
     first_line,
     fold,
     missing_table,
@@ -365,6 +366,7 @@ class PostgresSink(Sink):
     def __init__(self, config: PostgresSinkConfig, pipeline: str) -> None:
         self._cfg = config
         self._pipeline = pipeline
+        self._expected: dict[int, int] | None = None  # positions this sink last saw
         try:
             params = psycopg2.extensions.parse_dsn(config.dsn)
         except psycopg2.Error as exc:
@@ -494,6 +496,12 @@ class PostgresSink(Sink):
                         "updated_at timestamptz NOT NULL DEFAULT now(), "
                         "PRIMARY KEY (pipeline, partition))"
                     )
+                # partition -1 is the pipeline's fence row: every apply locks it first
+                cur.execute(
+                    f"INSERT INTO {OFFSETS} (pipeline, partition, next_offset) VALUES (%s, -1, 0) "
+                    "ON CONFLICT DO NOTHING",
+                    (pipeline,),
+                )
             conn.commit()
         except psycopg2.errors.UniqueViolation:
             self._abort()  # another pipeline created it at the same moment
@@ -508,13 +516,14 @@ class PostgresSink(Sink):
         try:
             with conn.cursor() as cur:
                 cur.execute(
-                    f"SELECT partition, next_offset FROM {OFFSETS} WHERE pipeline = %s",
+                    f"SELECT partition, next_offset FROM {OFFSETS} WHERE pipeline = %s AND partition >= 0",
                     (self._pipeline,),
                 )
                 out = {int(p): int(o) for p, o in cur.fetchall()}
             conn.commit()
         except psycopg2.Error as exc:
             raise self._fail(exc, f"reading {OFFSETS}") from exc
+        self._expected = dict(out)
         return out
 
     # ---- targets ---------------------------------------------------------------------
@@ -660,6 +669,9 @@ class PostgresSink(Sink):
         used: set[str] = set()  # stages filled in this transaction
         try:
             with conn.cursor() as cur:
+                what = f"locking the positions of pipeline {self._pipeline} in {OFFSETS}"
+                cur.execute(self._fence_sql, (self._pipeline,))
+                fence_check(self._pipeline, self._expected, cur.fetchall())
                 for step in steps:
                     if isinstance(step, Truncate):
                         plan = self._plan(cur, step.table_id, None)
@@ -678,7 +690,14 @@ class PostgresSink(Sink):
         except BaseException:
             self._abort()
             raise
+        if self._expected is not None:
+            self._expected.update(positions)
         return result
+
+    _fence_sql = (
+        f"SELECT partition, next_offset FROM {OFFSETS} WHERE pipeline = %s "
+        "ORDER BY partition FOR UPDATE"
+    )
 
     def _apply_ops(
         self, cur: psycopg2.extensions.cursor, plan: _Plan, ops: TableOps, used: set[str]

@@ -16,7 +16,7 @@ from typing import Any
 import msgspec
 
 from syncline.config import TableOptions
-from syncline.errors import DataError, SchemaError
+from syncline.errors import DataError, SchemaError, TransientError
 from syncline.events import Change, Op, Row, encode_key
 from syncline.schema import TableSchema
 from syncline.sinks.base import ApplyResult
@@ -296,3 +296,21 @@ def first_line(exc: BaseException) -> str:
         if line:
             return re.sub(r"^(ERROR|FATAL):\s+", "", line)
     return type(exc).__name__
+
+
+def fence_check(
+    pipeline: str, expected: Mapping[int, int] | None, rows: Sequence[tuple[Any, Any]]
+) -> None:
+    """Refuse to apply if the stored positions are not the ones this sink last saw.
+
+    Two processes applying one pipeline (a zombie left by a crashed parent, a second
+    ``syncline run`` by mistake) would otherwise apply the same batch twice. The
+    check runs inside the apply transaction, after locking the positions, so the
+    loser rolls back, re-reads the positions and resumes from there.
+    """
+    stored = {int(p): int(o) for p, o in rows if int(p) >= 0}
+    if expected is not None and stored != dict(expected):
+        raise TransientError(
+            f"the positions of pipeline {pipeline} in the target moved under this process "
+            "(another syncline process is applying the same pipeline); re-reading them"
+        )

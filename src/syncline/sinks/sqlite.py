@@ -31,6 +31,7 @@ from syncline.sinks.sql import (
     b64decode,
     check_target,
     create_table_sql,
+    fence_check,
     fold,
     missing_table,
     options_for,
@@ -149,6 +150,7 @@ class SqliteSink(Sink):
     def __init__(self, config: SqliteSinkConfig, pipeline: str, busy_timeout: float = 30.0) -> None:
         self._cfg = config
         self._pipeline = pipeline
+        self._expected: dict[int, int] | None = None  # positions this sink last saw
         self._busy_timeout = busy_timeout  # how long to wait for another writer's lock
         self._conn: sqlite3.Connection | None = None
         self._plans: dict[str, _Plan] = {}
@@ -219,7 +221,8 @@ class SqliteSink(Sink):
             )
         except sqlite3.Error as exc:
             raise _translate(exc, f"reading {OFFSETS} in {self.where}") from exc
-        return {int(p): int(o) for p, o in rows}
+        self._expected = {int(p): int(o) for p, o in rows}
+        return dict(self._expected)
 
     # ---- targets ---------------------------------------------------------------------
 
@@ -320,6 +323,14 @@ class SqliteSink(Sink):
         what = f"applying changes in {self.where}"
         try:
             conn.execute("BEGIN IMMEDIATE")
+            fence_check(
+                self._pipeline,
+                self._expected,
+                conn.execute(
+                    f"SELECT partition, next_offset FROM {OFFSETS} WHERE pipeline = ?",
+                    (self._pipeline,),
+                ).fetchall(),
+            )
             for step in steps:
                 plan = self._plan(step.table_id, step if isinstance(step, TableOps) else None)
                 what = f"applying changes to {plan.target} in {self.where}"
@@ -340,12 +351,17 @@ class SqliteSink(Sink):
         except sqlite3.Error as exc:
             self._rollback()
             raise _translate(exc, what) from exc
+        except TransientError:
+            self._rollback()
+            raise
         except (TypeError, ValueError) as exc:  # binascii.Error is a ValueError
             self._rollback()
             raise DataError(f"{what}: {self._bad_value(steps, exc)}") from exc
         except BaseException:
             self._rollback()
             raise
+        if self._expected is not None:
+            self._expected.update(positions)
         return result
 
     def _bad_value(self, steps: Sequence[TableOps | Truncate], exc: Exception) -> str:
