@@ -128,6 +128,7 @@ class PipelineConfig(_Model):
     transforms: list[dict[str, Any]] = Field(default_factory=list)
     sink: SinkConfig
     batch: BatchConfig = Field(default_factory=BatchConfig)
+    apply_in: Literal["process", "thread"] = "process"  # process: capture and apply in parallel
 
     @field_validator("transport", mode="before")
     @classmethod

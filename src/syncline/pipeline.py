@@ -17,6 +17,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 from syncline.config import PipelineConfig
 from syncline.errors import PermanentError, SynclineError, TransientError
@@ -55,6 +56,8 @@ class Pipeline:
         self._schemas: dict[str, TableSchema] | None = None
         self._schemas_ready = threading.Event()
         self._applied_end: dict[int, int] = {}
+        self._capture_thread: threading.Thread | None = None
+        self._apply_thread: threading.Thread | None = None
         self.failure: SynclineError | None = None
 
     # ---- lifecycle -------------------------------------------------------------------
@@ -64,37 +67,57 @@ class Pipeline:
         notes += self._sink_factory().check()
         return notes
 
-    def start(self) -> None:
+    def start(self, capture: bool = True, apply: bool = True) -> None:
+        """Start the workers; the apply side runs in a child process if configured."""
+        loops: list[tuple[str, Callable[[], None]]] = []
+        if capture:
+            loops.append(("capture", self._capture_loop))
+        if apply:
+            in_process = self.cfg.apply_in == "process" and capture
+            loops.append(("apply", self._apply_proxy_loop if in_process else self._apply_loop))
         self._threads = [
-            threading.Thread(
-                target=self._guard(self._capture_loop), name=f"{self.name}-capture", daemon=True
-            ),
-            threading.Thread(
-                target=self._guard(self._apply_loop), name=f"{self.name}-apply", daemon=True
-            ),
+            threading.Thread(target=self._guard(fn), name=f"{self.name}-{side}", daemon=True)
+            for side, fn in loops
         ]
+        self._capture_thread = self._threads[0] if capture else None
+        self._apply_thread = self._threads[-1] if apply else None
         for t in self._threads:
             t.start()
+
+    def provide_schemas(self, schemas: dict[str, TableSchema]) -> None:
+        """Source table shapes for an apply-only pipeline (they come from capture otherwise)."""
+        self._schemas = schemas
+        self._schemas_ready.set()
 
     def stop(self, drain: bool = True, timeout: float = 10.0) -> None:
         """Stop capture, let apply catch up with what the log holds (if ``drain``), then stop."""
         deadline = time.monotonic() + timeout
         self.stats.state = "stopping" if self.stats.state != "failed" else "failed"
         self._stop_capture.set()
-        self._threads[0].join(max(0.0, deadline - time.monotonic()))
-        if drain:
+        if self._capture_thread is not None:
+            self._capture_thread.join(max(0.0, deadline - time.monotonic()))
+        if drain and self._apply_thread is not None:
             ends = self.transport.end_offsets()
             while (
                 time.monotonic() < deadline
-                and self._threads[1].is_alive()
+                and self._apply_thread.is_alive()
                 and not self.caught_up(ends)
             ):
                 time.sleep(0.01)
-        self._stop_apply.set()
-        self._threads[1].join(max(0.0, deadline - time.monotonic()))
+        self.stop_apply(max(0.0, deadline - time.monotonic()))
         if self.stats.state != "failed":
             self.stats.state = "stopped"
         self.transport.close()
+
+    def stop_apply(self, timeout: float) -> None:
+        self._stop_apply.set()
+        if self._apply_thread is not None:
+            self._apply_thread.join(timeout)
+
+    @property
+    def applied_end(self) -> dict[int, int]:
+        """Next log offset per partition that the sink has committed."""
+        return dict(self._applied_end)
 
     def caught_up(self, ends: dict[int, int] | None = None) -> bool:
         """True when apply has reached the log's end (or the given end offsets)."""
@@ -201,6 +224,53 @@ class Pipeline:
                 stats.state = "running"
                 stats.error = None
             backoff.reset()
+
+    # ---- apply in a child process -----------------------------------------------------
+
+    def _apply_proxy_loop(self) -> None:
+        """Run the apply worker in a child process; restart it if it dies."""
+        from syncline.apply_process import ApplyProcess
+
+        while not self._schemas_ready.wait(0.1):
+            if self._stop_apply.is_set():
+                return
+        backoff = Backoff()
+        stats = self.stats
+        while not self._stop_apply.is_set():
+            child = ApplyProcess(self.cfg, self._schemas or {})
+            base = (stats.applied, stats.skipped, stats.batches, stats.retries)
+            try:
+                while not self._stop_apply.is_set():
+                    report = child.next_report(0.2)
+                    if report is not None:
+                        self._absorb(report, base)
+                        if report["failed"]:
+                            raise PermanentError(report["error"] or "apply worker failed")
+                    elif not child.proc.is_alive():
+                        break
+            finally:
+                child.stop(timeout=10.0)
+                while (report := child.next_report(0)) is not None:
+                    self._absorb(report, base)
+            if not self._stop_apply.is_set():
+                exc = TransientError(f"apply worker exited with code {child.proc.exitcode}")
+                if self._stop_apply.wait(self._degraded("apply", exc, backoff)):
+                    break
+
+    def _absorb(self, report: dict[str, Any], base: tuple[int, int, int, int]) -> None:
+        stats = self.stats
+        stats.applied = base[0] + report["applied"]
+        stats.skipped = base[1] + report["skipped"]
+        stats.batches = base[2] + report["batches"]
+        stats.retries = base[3] + report["retries"]
+        self._applied_end = report["applied_end"]
+        if report["latencies"]:
+            stats.record_latencies(report["latencies"])
+        if report["state"] == "degraded" or stats.state == "degraded":
+            if report["state"] == "degraded":
+                stats.state, stats.error = "degraded", report["error"]
+            elif stats.error and stats.error.startswith("apply"):
+                stats.state, stats.error = "running", None
 
     # ---- apply -----------------------------------------------------------------------
 
