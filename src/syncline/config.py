@@ -44,6 +44,8 @@ class PostgresSourceConfig(_Model):
     heartbeat_interval: float = Field(default=10.0, gt=0)
     heartbeat_query: str | None = None
     status_interval: float = Field(default=1.0, gt=0)
+    # transactions written under these replication origins are not captured (loop prevention)
+    skip_origins: list[str] = Field(default_factory=list)
 
     _tables = field_validator("tables")(lambda v: [_qualify(t) for t in v])
 
@@ -81,8 +83,39 @@ class EmbeddedTransportConfig(_Model):
 TransportConfig = Annotated[EmbeddedTransportConfig, Field(discriminator="kind")]
 
 
+_PY_REF = r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_]*$"
+
+
+class ConflictConfig(_Model):
+    """How the sink settles an incoming change that collides with the target's row.
+
+    lww: the higher ``column`` value wins (timestamp or integer; without ``column`` the
+    source commit timestamp), ties broken deterministically; deletes leave tombstones.
+    source_wins: always apply (the default without a conflict block).
+    target_wins: a row changed locally in the target since syncline last wrote it is kept.
+    custom: ``resolver`` (``module:function``) decides: apply, skip or a merged row.
+    manual: conflicting changes are parked in the conflicts table for ``syncline conflicts``.
+    """
+
+    strategy: Literal["lww", "source_wins", "target_wins", "custom", "manual"]
+    column: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    resolver: str | None = Field(default=None, pattern=_PY_REF)
+
+    @model_validator(mode="after")
+    def _fits_strategy(self) -> ConflictConfig:
+        if self.strategy == "custom" and not self.resolver:
+            raise ValueError("strategy custom needs resolver: module:function")
+        if self.strategy != "custom" and self.resolver:
+            raise ValueError(f"resolver only applies to strategy custom, not {self.strategy}")
+        if self.column and self.strategy not in ("lww",):
+            raise ValueError(f"column only applies to strategy lww, not {self.strategy}")
+        return self
+
+
 class TableOptions(_Model):
     target: str | None = None  # another name (and schema) in the target database
+    conflict: ConflictConfig | None = None
+    missing_columns: Literal["error", "ignore"] = "error"  # source columns the target lacks
 
 
 class _SinkBase(_Model):
@@ -100,6 +133,9 @@ class _SinkBase(_Model):
 class PostgresSinkConfig(_SinkBase):
     kind: Literal["postgres"]
     dsn: str
+    # tag syncline's writes with this replication origin, so a source with
+    # skip_origins: [<it>] on this database does not send them back
+    origin: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_]{1,63}$")
 
     @field_validator("tables")
     @classmethod
@@ -111,6 +147,8 @@ class SqliteSinkConfig(_SinkBase):
     kind: Literal["sqlite"]
     path: str
     create_tables: bool = True
+    # suppress this database's syncline capture triggers for syncline's own writes
+    suppress_capture: bool = True
 
 
 SinkConfig = Annotated[PostgresSinkConfig | SqliteSinkConfig, Field(discriminator="kind")]
@@ -139,9 +177,10 @@ class PipelineConfig(_Model):
 
     @field_validator("transforms")
     @classmethod
-    def _no_transforms_yet(cls, v: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        if v:
-            raise ValueError("transforms are not supported in this version; leave the list empty")
+    def _valid_transforms(cls, v: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        from syncline.transforms import validate_specs
+
+        validate_specs(v)  # raises ValueError naming the transform and field
         return v
 
 
