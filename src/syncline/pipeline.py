@@ -218,8 +218,7 @@ class Pipeline:
             stats.source_checkpoint = batch.checkpoint
             if stats.state == "degraded" or (
                 stats.state == "snapshot"
-                and batch.changes
-                and batch.changes[-1].event.source.snapshot == "false"
+                and (not batch.changes or batch.changes[-1].event.source.snapshot != "true")
             ):
                 stats.state = "running"
                 stats.error = None

@@ -45,20 +45,12 @@ class Runtime:
                 on_tick(self.pipelines)
             if not any(p.alive for p in self.pipelines):
                 break
-            if status_every and time.monotonic() - last_status >= status_every:
+            snapshotting = any(p.stats.state == "snapshot" for p in self.pipelines)
+            every = min(status_every, 2.0) if snapshotting else status_every
+            if every and time.monotonic() - last_status >= every:
                 last_status = time.monotonic()
                 for p in self.pipelines:
-                    s = p.stats
-                    p50, p99 = s.latency_percentiles(50, 99)
-                    log.info(
-                        "pipeline %s %s: captured=%d applied=%d lag_p50=%.1fms lag_p99=%.1fms",
-                        p.name,
-                        s.state,
-                        s.captured,
-                        s.applied,
-                        p50,
-                        p99,
-                    )
+                    log.info("pipeline %s", status_line(p))
         self.shutdown(drain_timeout)
         failed = [p for p in self.pipelines if p.stats.state == "failed"]
         for p in failed:
@@ -88,3 +80,16 @@ class Runtime:
 
         signal.signal(signal.SIGINT, handler)
         signal.signal(signal.SIGTERM, handler)
+
+
+def status_line(p: Pipeline) -> str:
+    s = p.stats
+    if s.state == "snapshot":
+        total = f"/~{s.snapshot_total:,}" if s.snapshot_total else ""
+        return f"{p.name} snapshot: {s.snapshot_rows:,}{total} rows read, applied={s.applied:,}"
+    p50, p99 = s.latency_percentiles(50, 99)
+    error = f" ({s.error})" if s.error else ""
+    return (
+        f"{p.name} {s.state}{error}: captured={s.captured:,} applied={s.applied:,} "
+        f"lag_p50={p50:.1f}ms lag_p99={p99:.1f}ms"
+    )
