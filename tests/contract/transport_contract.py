@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from syncline.events import encode_key
-from syncline.transports.base import Consumer, Delivered, Record, Transport
+from syncline.transports.base import Consumer, Delivered, Record, Transport, partition_for
 
 TABLE = "public.orders"
 
@@ -93,6 +93,13 @@ class TransportContract(abc.ABC):
         for rs in by_partition(got).values():
             offsets = [r.offset for r in rs]
             assert offsets == sorted(set(offsets))
+
+    def test_partition_is_partition_for_of_the_key(self, tmp_path: Path) -> None:
+        t = self.open(tmp_path, 5)
+        t.producer().publish([rec(i, str(i)) for i in range(300)], {"n": 300})
+        got = drain(t.consumer("where"), 300)
+        assert sorted(int(r.value) for r in got) == list(range(300))
+        assert all(r.partition == partition_for(r.key, 5) for r in got)
 
     def test_every_record_once_per_seek_from_zero(self, tmp_path: Path) -> None:
         t = self.open(tmp_path, 3)
