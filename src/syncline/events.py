@@ -48,6 +48,9 @@ class SourceInfo(msgspec.Struct, kw_only=True, omit_defaults=True):
     txId: int | None = None
     lsn: int | None = None
     seq: int | None = None  # order inside the source transaction or changelog
+    # replication origin the source transaction was written under (PostgreSQL), if any:
+    # the node a forwarded change started from (docs/bidirectional.md)
+    origin: str | None = None
 
 
 class ChangeEvent(msgspec.Struct, kw_only=True, omit_defaults=True):

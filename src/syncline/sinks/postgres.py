@@ -53,6 +53,7 @@ from syncline.sinks.sql import (
     source_without_key,
     to_json,
 )
+from syncline.sources.postgres.origins import SessionOrigin, newest_ts_us, split_by_origin
 
 OFFSETS = "syncline.syncline_offsets"
 _COPY_CHUNK = 1 << 20
@@ -382,6 +383,7 @@ class PostgresSink(Sink):
         self._plans: dict[str, _Plan] = {}
         self._staged: set[str] = set()
         self._plan_seq = 0
+        self._origins = SessionOrigin(self.where, self._user)  # used if config.origin is set
 
     @property
     def where(self) -> str:
@@ -507,6 +509,11 @@ class PostgresSink(Sink):
             self._abort()  # another pipeline created it at the same moment
         except psycopg2.Error as exc:
             raise self._fail(exc, f"creating {OFFSETS}") from exc
+        if self._cfg.origin:
+            try:
+                self._origins.ensure(conn, [self._cfg.origin])
+            except psycopg2.Error as exc:
+                raise self._fail(exc, f"creating replication origin {self._cfg.origin}") from exc
 
     def close(self) -> None:
         self._drop_connection()
@@ -637,6 +644,8 @@ class PostgresSink(Sink):
                 row = cur.fetchone()
                 version = str(row[0]).split()[0] if row else "?"
                 notes.append(f"sink: {self.where}: connected (PostgreSQL {version})")
+                if self._cfg.origin:
+                    notes.append(self._origins.check(cur, self._cfg.origin))
                 for table_id in sorted(set(schemas or {}) | set(self._cfg.tables)):
                     schema, table = self.target_of(table_id)
                     source = (schemas or {}).get(table_id)
@@ -663,6 +672,29 @@ class PostgresSink(Sink):
     # ---- apply -----------------------------------------------------------------------
 
     def apply(self, changes: Sequence[Change], positions: Mapping[int, int]) -> ApplyResult:
+        origin = self._cfg.origin
+        if not origin:
+            return self._apply_txn(changes, positions)
+        # One transaction per origin (a forwarded change keeps its own); see origins.py.
+        groups = split_by_origin(changes, origin) or [(origin, [])]
+        try:
+            self._origins.ensure(self._connection(), {o for o, _ in groups})
+        except psycopg2.Error as exc:
+            raise self._fail(exc, "creating replication origins") from exc
+        total = ApplyResult()
+        for i, (tag, group) in enumerate(groups):
+            last = i == len(groups) - 1
+            r = self._apply_txn(group, positions if last else {}, (tag, newest_ts_us(group)))
+            total.applied += r.applied
+            total.skipped += r.skipped
+        return total
+
+    def _apply_txn(
+        self,
+        changes: Sequence[Change],
+        positions: Mapping[int, int],
+        tag: tuple[str, int] | None = None,
+    ) -> ApplyResult:
         steps, result = fold(changes)
         conn = self._connection()
         what = "applying changes"
@@ -672,6 +704,9 @@ class PostgresSink(Sink):
                 what = f"locking the positions of pipeline {self._pipeline} in {OFFSETS}"
                 cur.execute(self._fence_sql, (self._pipeline,))
                 fence_check(self._pipeline, self._expected, cur.fetchall())
+                if tag is not None:
+                    what = f"tagging the transaction with replication origin {tag[0]}"
+                    self._origins.tag(conn, cur, *tag)
                 for step in steps:
                     if isinstance(step, Truncate):
                         plan = self._plan(cur, step.table_id, None)

@@ -8,7 +8,9 @@ Formats".
 
 The decoder also keeps the position bookkeeping the source's checkpoints need:
 the commit LSN and per-transaction sequence number of every change, and the
-end LSN of the last complete transaction.
+end LSN of the last complete transaction. Transactions written under a
+replication origin in ``skip_origins`` are dropped whole (loop prevention, see
+origins.py); their end LSN still counts, so the slot moves past them.
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ class Decoder:
     relation not in it is ignored (a shared publication may carry more).
     ``skip`` is ``(commit_lsn, seq)`` of the last change already published:
     anything at or before it is dropped when the server resends it.
+    ``skip_origins`` names replication origins whose transactions are not emitted.
     """
 
     def __init__(
@@ -72,6 +75,7 @@ class Decoder:
         keys: Mapping[str, tuple[str, ...]],
         converter: ConverterLookup,
         skip: tuple[int, int] | None = None,
+        skip_origins: frozenset[str] = frozenset(),
     ) -> None:
         self.pipeline = pipeline
         self.db = db
@@ -85,6 +89,9 @@ class Decoder:
         self.ts_us = 0
         self.seq = 0
         self.skip_seq = -1  # changes of the current transaction with seq <= this are dropped
+        self.skip_origins = skip_origins
+        self.origin: str | None = None  # replication origin of the current transaction
+        self.skipped_txns = 0  # transactions dropped for their origin
         self.end_lsn = 0  # end of the last complete transaction seen
 
     # -- dispatch ---------------------------------------------------------------
@@ -104,9 +111,11 @@ class Decoder:
             self.in_txn = False
         elif kind == 82:  # 'R'
             self._relation(data)
+        elif kind == 79:  # 'O': sent right after 'B' when the transaction has an origin
+            self._origin(data)
         elif kind == 84:  # 'T'
             self._truncate(data, out, now_us)
-        # 'Y' (type), 'O' (origin) and 'M' (logical message) carry nothing we emit.
+        # 'Y' (type) and 'M' (logical message) carry nothing we emit.
 
     def _begin(self, data: bytes) -> None:
         lsn, ts, self.xid = _BEGIN.unpack_from(data, 1)
@@ -114,6 +123,7 @@ class Decoder:
         self.ts_us = ts + PG_EPOCH_US
         self.seq = 0
         self.in_txn = True
+        self.origin = None
         skip = self.skip
         if skip is None or lsn > skip[0]:
             self.skip = None
@@ -122,6 +132,13 @@ class Decoder:
             self.skip_seq = skip[1]
         else:
             self.skip_seq = 1 << 62  # the whole transaction was published before
+
+    def _origin(self, data: bytes) -> None:
+        name, _ = _cstr(data, 9)  # after the origin's own commit LSN
+        self.origin = name
+        if name in self.skip_origins:
+            self.skip_seq = 1 << 62  # drop every change; Relation messages are still read
+            self.skipped_txns += 1
 
     def _relation(self, data: bytes) -> None:
         (oid,) = _U32.unpack_from(data, 1)
@@ -228,6 +245,7 @@ class Decoder:
             txId=self.xid,
             lsn=self.commit_lsn,
             seq=seq,
+            origin=self.origin,
         )
 
     def _next_seq(self) -> int:

@@ -18,6 +18,9 @@ Lifecycle (see ``Source`` in sources/base.py for the contract):
   server's WAL end, so a quiet or filtered database does not pile up WAL.
 * On restart the server resends from the confirmed position; changes at or
   before the checkpoint's ``(lsn, seq)`` are dropped.
+* Transactions committed under a replication origin named in ``skip_origins``
+  are dropped whole (loop prevention for bidirectional sync, see origins.py and
+  docs/bidirectional.md); other transactions' events carry their origin name.
 """
 
 from __future__ import annotations
@@ -129,10 +132,14 @@ class PostgresSource(Source):
         finally:
             conn.close()
         n = len(self.config.tables)
-        return [
+        notes = [
             f"postgres {self._ep.where}/{self._ep.dbname}: wal_level=logical, "
             f"{n} table{'s' if n != 1 else ''} ok"
         ]
+        if self.config.skip_origins:
+            names = ", ".join(self.config.skip_origins)
+            notes.append(f"postgres: transactions under replication origin(s) {names} are skipped")
+        return notes
 
     def describe(self) -> dict[str, TableSchema]:
         tables = self._tables or self._load_tables()
@@ -194,7 +201,7 @@ class PostgresSource(Source):
                 snap_conn.close()
                 raise translate(exc, self._ep, "starting the snapshot") from exc
             self._set_position(lsn, -1, lsn, "running")
-            self._decoder = Decoder(self.pipeline, self._ep.dbname, keys, self._registry.converter)
+            self._decoder = self._new_decoder(keys)
             return
 
         if checkpoint is not None:
@@ -205,9 +212,7 @@ class PostgresSource(Source):
                     f"{self.pipeline} has a checkpoint at {checkpoint['end_lsn']}: changes since then are "
                     "lost; reset the pipeline's log to take a new snapshot"
                 )
-            self._decoder = Decoder(
-                self.pipeline, self._ep.dbname, keys, self._registry.converter, (lsn, seq)
-            )
+            self._decoder = self._new_decoder(keys, (lsn, seq))
         else:
             if slot is None:
                 row = self._repl_command(
@@ -217,9 +222,21 @@ class PostgresSource(Source):
             else:
                 lsn = parse_lsn(slot.confirmed_flush) if slot.confirmed_flush else 0
             seq, end = -1, lsn
-            self._decoder = Decoder(self.pipeline, self._ep.dbname, keys, self._registry.converter)
+            self._decoder = self._new_decoder(keys)
         self._set_position(lsn, seq, end, "done")
         self._start_streaming(end)
+
+    def _new_decoder(
+        self, keys: dict[str, tuple[str, ...]], skip: tuple[int, int] | None = None
+    ) -> Decoder:
+        return Decoder(
+            self.pipeline,
+            self._ep.dbname,
+            keys,
+            self._registry.converter,
+            skip,
+            frozenset(self.config.skip_origins),
+        )
 
     def _repl_command(self, command: str) -> tuple[Any, ...]:
         try:
