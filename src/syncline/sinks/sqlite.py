@@ -40,8 +40,13 @@ from syncline.sinks.sql import (
     source_without_key,
     to_json,
 )
+from syncline.sources.sqlite import SUPPRESS
 
 OFFSETS = "_syncline_offsets"
+# A row here switches off this database's syncline capture triggers (sources/sqlite.py),
+# so a SQLite source on the target does not send syncline's own writes back.
+_SUPPRESS_ON = f"INSERT INTO {SUPPRESS} (origin) VALUES (?)"
+_SUPPRESS_OFF = f"DELETE FROM {SUPPRESS} WHERE origin = ?"
 Adapter = Callable[[Any], Any]
 _INFINITIES = {"Infinity": float("inf"), "-Infinity": float("-inf")}
 
@@ -154,6 +159,7 @@ class SqliteSink(Sink):
         self._busy_timeout = busy_timeout  # how long to wait for another writer's lock
         self._conn: sqlite3.Connection | None = None
         self._plans: dict[str, _Plan] = {}
+        self._suppressing: sqlite3.Connection | None = None  # connection that saw SUPPRESS
 
     @property
     def where(self) -> str:
@@ -323,6 +329,9 @@ class SqliteSink(Sink):
         what = f"applying changes in {self.where}"
         try:
             conn.execute("BEGIN IMMEDIATE")
+            suppress = self._suppress(conn)
+            if suppress:
+                conn.execute(_SUPPRESS_ON, (suppress,))
             fence_check(
                 self._pipeline,
                 self._expected,
@@ -347,6 +356,8 @@ class SqliteSink(Sink):
                     "next_offset = excluded.next_offset, updated_at = excluded.updated_at",
                     [(self._pipeline, int(p), int(o)) for p, o in positions.items()],
                 )
+            if suppress:
+                conn.execute(_SUPPRESS_OFF, (suppress,))
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             self._rollback()
@@ -363,6 +374,23 @@ class SqliteSink(Sink):
         if self._expected is not None:
             self._expected.update(positions)
         return result
+
+    def _suppress(self, conn: sqlite3.Connection) -> str | None:
+        """The suppress row to hold during this transaction, if capture is to be hidden.
+
+        Looked up inside the write transaction until found, then cached for the
+        connection: a source that installs its triggers later is still honoured.
+        """
+        if not self._cfg.suppress_capture:
+            return None
+        if self._suppressing is not conn:
+            found = conn.execute(
+                "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?", (SUPPRESS,)
+            ).fetchone()
+            if found is None:
+                return None
+            self._suppressing = conn
+        return f"sink:{self._pipeline}"
 
     def _bad_value(self, steps: Sequence[TableOps | Truncate], exc: Exception) -> str:
         """Name the column whose value could not be converted (error path only)."""
