@@ -9,6 +9,12 @@ change that arrives with an origin under *that* origin rather than its own, so a
 change keeps the name of the node it was first written on however many hops it
 travels; that is what makes rings work (docs/bidirectional.md).
 
+A replication origin belongs to the whole server, and only one session may use
+it at a time, yet several databases of one server may each receive changes that
+started on node A. So the origin the sink really uses is qualified with the
+target database, ``syncline_from_a@inventory``, and the source compares only
+the part before the ``@`` (which the config's origin names cannot contain).
+
 One transaction has one origin, so a batch mixing origins is applied as one
 transaction per origin (``split_by_origin`` keeps every key's order); only the
 last of them stores the log positions.
@@ -46,6 +52,9 @@ _SWITCH = (
 _XACT = (
     "SELECT pg_replication_origin_xact_setup('0/0', 'epoch'::timestamptz + %s * '1 us'::interval)"
 )
+
+
+SEPARATOR = "@"
 
 
 def tag_of(change: Change, default: str) -> str:
@@ -131,21 +140,31 @@ def _denied_function(exc: psycopg2.Error) -> str:
 class SessionOrigin:
     """The replication origin the apply connection's session writes under.
 
-    The session origin outlives transactions (it belongs to the connection), so it
-    is switched only when a transaction needs another one; the origin timestamp is
-    set for every transaction. Both happen in one round trip.
+    Callers name origins by their logical name; the server sees them qualified with
+    the target database (see the module notes). The session origin outlives
+    transactions (it belongs to the connection), so it is switched only when a
+    transaction needs another one; the origin timestamp is set for every
+    transaction. Both happen in one round trip.
     """
 
     def __init__(self, where: str, user: str) -> None:
         self.where = where
         self.user = user
+        self._db: str | None = None  # the target's current_database(), learnt in ensure()
         self._conn: Any = None  # the connection whose session origin is ``_current``
         self._current: str | None = None
-        self._known: set[str] = set()  # origins that exist in the target
+        self._known: set[str] = set()  # origins (logical names) that exist in the target
+
+    def qualified(self, origin: str) -> str:
+        assert self._db is not None, "ensure() runs first"
+        return f"{origin}{SEPARATOR}{self._db}"
 
     def _error(self, exc: psycopg2.Error, origin: str, doing: str) -> SynclineError | None:
         """Our error for the origin-specific failures; None leaves ``exc`` to the caller."""
+        logical = origin
         code = getattr(exc, "pgcode", None) or ""
+        if self._db is not None:
+            origin = self.qualified(origin)
         if code == "42501":
             return AuthError(
                 f"user {self.user} may not {doing} replication origin {origin} in {self.where}: "
@@ -157,7 +176,7 @@ class SessionOrigin:
                 "(does another pipeline write into this database under the same origin?); retrying"
             )
         if code == "42704":
-            self._known.discard(origin)
+            self._known.discard(logical)
             return TransientError(
                 f"replication origin {origin} vanished from {self.where}; retrying"
             )
@@ -178,10 +197,14 @@ class SessionOrigin:
                 continue
             try:
                 with conn.cursor() as cur:
+                    if self._db is None:
+                        cur.execute("SELECT current_database()")
+                        self._db = str(cur.fetchone()[0])
+                    name = self.qualified(origin)
                     cur.execute(
                         "SELECT pg_replication_origin_create(%s) "
                         "WHERE pg_replication_origin_oid(%s) IS NULL",
-                        (origin, origin),
+                        (name, name),
                     )
                 conn.commit()
             except psycopg2.errors.UniqueViolation:
@@ -199,7 +222,7 @@ class SessionOrigin:
         """Make the open transaction commit under ``origin`` with origin time ``ts_us``."""
         switch = conn is not self._conn or self._current != origin
         sql = _SWITCH + _XACT if switch else _XACT
-        params = (origin, ts_us) if switch else (ts_us,)
+        params = (self.qualified(origin), ts_us) if switch else (ts_us,)
         try:
             cur.execute(sql, params)
         except psycopg2.Error as exc:

@@ -135,8 +135,9 @@ class Decoder:
 
     def _origin(self, data: bytes) -> None:
         name, _ = _cstr(data, 9)  # after the origin's own commit LSN
-        self.origin = name
-        if name in self.skip_origins:
+        # syncline's sinks qualify origins with the target database: "x@db" (origins.py)
+        self.origin = short = name.split("@", 1)[0]
+        if short in self.skip_origins or name in self.skip_origins:
             self.skip_seq = 1 << 62  # drop every change; Relation messages are still read
             self.skipped_txns += 1
 
