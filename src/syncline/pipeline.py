@@ -28,6 +28,7 @@ from syncline.retry import Backoff
 from syncline.schema import TableSchema
 from syncline.sinks.base import Sink
 from syncline.sources.base import Source
+from syncline.transforms import build_chain
 from syncline.transports.base import Consumer, Producer, Record, Transport
 
 log = logging.getLogger("syncline.pipeline")
@@ -50,6 +51,7 @@ class Pipeline:
         self._source_factory = source_factory or (lambda: build_source(cfg.source, cfg.name))
         self._sink_factory = sink_factory or (lambda: build_sink(cfg.sink, cfg.name))
         self.transport = transport or build_transport(cfg.transport, cfg.name)
+        self._chain = build_chain(cfg.transforms, cfg.name)
         self._stop_capture = threading.Event()
         self._stop_apply = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -284,7 +286,7 @@ class Pipeline:
                         return
                 sink = self._sink_factory()
                 sink.open(self.name)
-                sink.prepare(self._schemas or {})
+                sink.prepare(self._chain.schemas(self._schemas or {}))
                 consumer = self.transport.consumer(self.name)
                 self._apply(sink, consumer, backoff)
             except TransientError as exc:
@@ -319,6 +321,7 @@ class Pipeline:
             if not delivered:
                 continue
             changes = [Change(decode_key(d.key), decode_value(d.value)) for d in delivered]
+            changes = self._chain.apply(changes)  # positions still come from `delivered`
             for d in delivered:
                 positions[d.partition] = d.offset + 1
             result = sink.apply(changes, positions)
