@@ -6,12 +6,13 @@ import base64
 import copy
 import hashlib
 import hmac
+from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
 
-from syncline.config import parse_config
+from syncline.config import load_config, parse_config
 from syncline.errors import ConfigError, DataError, SchemaError
 from syncline.events import Change, ChangeEvent, SourceInfo
 from syncline.schema import Column, TableSchema
@@ -700,3 +701,26 @@ def test_bad_spec_through_parse_config_is_one_line() -> None:
     good = copy.deepcopy(data)
     good["pipelines"][0]["transforms"][1]["method"] = "hash"
     assert parse_config(good).pipelines[0].transforms[1]["method"] == "hash"
+
+
+def test_yaml_config_with_env_and_regex_route(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SALT_FROM_ENV", "s")
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        """
+pipelines:
+  - name: p
+    source: {kind: sqlite, path: x.db, tables: [orders]}
+    transforms:
+      - {type: route, pattern: "main\\\\.(.*)", to: "replica.\\\\1"}
+      - {type: route, from: replica.orders, to: orders_copy}
+      - {type: mask, fields: [email], method: hash, salt_env: "${SALT_ENV_NAME:-SALT_FROM_ENV}"}
+    sink: {kind: sqlite, path: y.db}
+"""
+    )
+    cfg = load_config(path).pipelines[0]
+    out = build_chain(cfg.transforms, cfg.name).apply([change(table="main.orders")])
+    assert out[0].event.table_id == "replica.orders_copy"
+    assert out[0].event.after is not None and len(out[0].event.after["email"]) == 64
