@@ -23,6 +23,7 @@ import time
 from typing import Any
 
 from syncline.config import PipelineConfig
+from syncline.gctune import tune_for_throughput
 from syncline.schema import TableSchema
 
 REPORT_EVERY_S = 0.1
@@ -52,6 +53,7 @@ def child_main(
 
     pipe = Pipeline(PipelineConfig.model_validate(cfg_data))
     pipe.provide_schemas(schemas)
+    tune_for_throughput()
     pipe.start(capture=False)
     sent_latencies = 0
     while True:
