@@ -75,7 +75,7 @@ def _key(change: Change) -> Any:
     return (src.schema, src.table, vals)
 
 
-def split_by_origin(changes: Sequence[Change], default: str) -> list[tuple[str, list[Change]]]:
+def split_by_origin(changes: Sequence[Change], default: str) -> list[tuple[str, Sequence[Change]]]:
     """Group ``changes`` by the origin each must be written under, keeping per-key order.
 
     A change joins the earliest group of its origin that does not precede a group
@@ -84,10 +84,12 @@ def split_by_origin(changes: Sequence[Change], default: str) -> list[tuple[str, 
     """
     if not changes:
         return []
-    first = tag_of(changes[0], default)
-    if all(tag_of(c, default) == first for c in changes):
-        return [(first, list(changes))]
-    groups: list[tuple[str, list[Change]]] = []
+    seen = {c.event.source.origin for c in changes}
+    if len(seen) == 1:  # the usual case: one group, no copying
+        only = seen.pop()
+        return [(default if only is None or _NATIVE.fullmatch(only) else only, changes)]
+    tags: list[str] = []  # origin of each group
+    groups: list[list[Change]] = []
     key_at: dict[Any, int] = {}  # key → index of the last group holding it
     table_last: dict[str, int] = {}  # table → index of the last group touching it
     table_floor: dict[str, int] = {}  # table → index of its last truncate's group
@@ -100,17 +102,18 @@ def split_by_origin(changes: Sequence[Change], default: str) -> list[tuple[str, 
         else:
             key = _key(change)
             lo = max(key_at.get(key, 0), table_floor.get(table, 0))
-        at = next((i for i in range(lo, len(groups)) if groups[i][0] == origin), None)
+        at = next((i for i in range(lo, len(tags)) if tags[i] == origin), None)
         if at is None:
-            at = len(groups)
-            groups.append((origin, []))
-        groups[at][1].append(change)
+            at = len(tags)
+            tags.append(origin)
+            groups.append([])
+        groups[at].append(change)
         if truncate:
             table_floor[table] = at
         else:
             key_at[key] = at
         table_last[table] = max(table_last.get(table, 0), at)
-    return groups
+    return list(zip(tags, groups, strict=True))
 
 
 def newest_ts_us(changes: Iterable[Change]) -> int:
@@ -119,12 +122,7 @@ def newest_ts_us(changes: Iterable[Change]) -> int:
     Like PostgreSQL's own subscriptions, a forwarded transaction keeps the commit
     time of where it came from; a batch without changes gets the current time.
     """
-    best = 0
-    for c in changes:
-        src = c.event.source
-        ts = src.ts_us if src.ts_us is not None else src.ts_ms * 1000
-        if ts > best:
-            best = ts
+    best = max([s.ts_us or s.ts_ms * 1000 for s in (c.event.source for c in changes)], default=0)
     return best or now_us()
 
 
