@@ -1,4 +1,4 @@
-"""Command line: ``syncline run|check|demo``.
+"""Command line: ``syncline run|check|demo|conflicts``.
 
 Exit codes: 0 ok, 1 runtime failure, 2 usage or configuration error. A user
 error prints one line on stderr, never a traceback.
@@ -9,13 +9,16 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from syncline import __version__
-from syncline.config import load_config
+from syncline.config import Config, load_config
 from syncline.errors import ConfigError, SynclineError
+
+if TYPE_CHECKING:
+    from syncline.conflicts import Conflict, ConflictStore
 
 app = typer.Typer(
     add_completion=False,
@@ -111,6 +114,151 @@ def demo(
     except SynclineError as exc:
         raise _fail(exc) from None
     raise typer.Exit(0 if ok else 1)
+
+
+# ---- conflicts -----------------------------------------------------------------------
+
+conflicts_app = typer.Typer(
+    no_args_is_help=True,
+    help="List, inspect and resolve changes parked by conflict strategy manual.",
+)
+app.add_typer(conflicts_app, name="conflicts")
+
+PipelineOpt = Annotated[
+    str | None,
+    typer.Option("--pipeline", "-p", help="Only this pipeline (default: every pipeline)."),
+]
+IdArg = Annotated[int, typer.Argument(help="The conflict id (see conflicts list).")]
+
+
+def _pipelines(cfg: Config, pipeline: str | None) -> list[Any]:
+    return [cfg.pipeline(pipeline)] if pipeline else list(cfg.pipelines)
+
+
+def _find(cfg: Config, conflict_id: int, pipeline: str | None) -> tuple[ConflictStore, Conflict]:
+    """The store holding ``conflict_id`` of one of the selected pipelines."""
+    from syncline.conflicts import ConflictNotFound, open_store
+
+    hits: list[tuple[ConflictStore, Conflict]] = []
+    for p in _pipelines(cfg, pipeline):
+        store = open_store(p)
+        found = store.get_conflict(conflict_id)
+        if found is not None and found.pipeline == p.name:
+            hits.append((store, found))
+        else:
+            store.close()
+    if not hits:
+        where = f"pipeline {pipeline}" if pipeline else "the sinks of this config"
+        raise ConflictNotFound(f"no conflict {conflict_id} in {where}; see syncline conflicts list")
+    if len(hits) > 1:
+        for store, _ in hits:
+            store.close()
+        names = ", ".join(c.pipeline for _, c in hits)
+        raise ConfigError(f"conflict {conflict_id} exists for pipelines {names}; pick one with -p")
+    return hits[0]
+
+
+def _cell(value: Any, width: int = 40) -> str:
+    from syncline.conflicts import short
+
+    text = short(value, width)
+    return text
+
+
+@conflicts_app.command("list")
+def conflicts_list(
+    config: ConfigArg,
+    pipeline: PipelineOpt = None,
+    include_resolved: Annotated[
+        bool, typer.Option("--all", help="Include resolved conflicts.")
+    ] = False,
+) -> None:
+    """List parked conflicts (open ones unless --all)."""
+    from syncline.conflicts import open_store
+
+    rows: list[Conflict] = []
+    try:
+        cfg = load_config(config)
+        for p in _pipelines(cfg, pipeline):
+            store = open_store(p)
+            try:
+                rows += store.list_conflicts(p.name, include_resolved)
+            finally:
+                store.close()
+    except SynclineError as exc:
+        raise _fail(exc) from None
+    if not rows:
+        typer.echo("no conflicts" if include_resolved else "no open conflicts")
+        return
+    header = ("ID", "PIPELINE", "TABLE", "KEY", "OP", "STATUS", "DETECTED")
+    table = [header] + [
+        (str(c.id), c.pipeline, c.table, _cell(c.key), c.op, c.status, c.detected_at) for c in rows
+    ]
+    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+    for r in table:
+        typer.echo("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
+
+
+@conflicts_app.command("show")
+def conflicts_show(config: ConfigArg, conflict_id: IdArg, pipeline: PipelineOpt = None) -> None:
+    """Show one conflict: the target's row beside the parked change, column by column."""
+    from syncline.conflicts import short
+
+    try:
+        store, c = _find(load_config(config), conflict_id, pipeline)
+        store.close()
+    except SynclineError as exc:
+        raise _fail(exc) from None
+    state = c.status + (f" ({c.resolution}, {c.resolved_at})" if c.resolution else "")
+    typer.echo(f"conflict {c.id}: {state}")
+    typer.echo(f"  pipeline {c.pipeline}, table {c.table} (source {c.source_table})")
+    typer.echo(f"  key {short(c.key)}, op {c.op}, detected {c.detected_at}")
+    after = c.incoming.get("after") if c.op != "d" else None
+    current = c.current or {}
+    columns = list(dict.fromkeys([*current, *(after or {})]))
+    typer.echo(
+        "  column: current -> incoming" + ("  (incoming deletes the row)" if c.op == "d" else "")
+    )
+    for col in columns:
+        old = short(current.get(col), 60) if c.current is not None else "(no row)"
+        new = short((after or {}).get(col), 60) if after is not None else "(deleted)"
+        if after is not None and col not in after:
+            new = "(unchanged)"
+        mark = "  " if old == new else "* "
+        typer.echo(f"  {mark}{col}: {old} -> {new}")
+    typer.echo(f"  incoming event: {short(c.incoming, 2000)}")
+
+
+@conflicts_app.command("resolve")
+def conflicts_resolve(
+    config: ConfigArg,
+    conflict_id: IdArg,
+    use: Annotated[
+        str,
+        typer.Option(
+            "--use",
+            help="incoming: apply the parked change, then the key's later parked changes; "
+            "current: keep the target's row.",
+        ),
+    ],
+    pipeline: PipelineOpt = None,
+) -> None:
+    """Settle a parked conflict with the incoming change or the target's current row."""
+    from syncline.conflicts import check_use
+
+    try:
+        check_use(use)
+        store, _ = _find(load_config(config), conflict_id, pipeline)
+        try:
+            ids = store.resolve_conflict(conflict_id, use)
+        finally:
+            store.close()
+    except SynclineError as exc:
+        raise _fail(exc) from None
+    later = (
+        f"; then applied later parked change(s) {', '.join(map(str, ids[1:]))}" if ids[1:] else ""
+    )
+    typer.echo(f"conflict {conflict_id} resolved: kept the {use} version{later}")
 
 
 @app.command()

@@ -24,6 +24,8 @@ from syncline.schema import TableSchema
 class ApplyResult:
     applied: int = 0  # changes whose effect reached the target
     skipped: int = 0  # changes folded into a later one of the same key
+    # changes that met a conflict (lost to the target's row, parked, or rewritten by a resolver)
+    conflicts: int = 0
 
 
 class Sink(abc.ABC):

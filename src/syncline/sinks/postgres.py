@@ -6,23 +6,41 @@ into a per-connection temporary table, and one multi-statement merge
 (``DELETE … USING``, ``INSERT … ON CONFLICT … DO UPDATE``, ``UPDATE … FROM`` for
 rows whose unchanged TOAST columns must keep the target's value). The log
 positions are upserted in the same transaction, which makes the effect exactly
-once.
+once. A table with a conflict rule runs the rule's variants of these statements
+(see "conflict rules" below and docs/conflicts.md).
 """
 
 from __future__ import annotations
 
 import binascii
 import contextlib
+import hashlib
 import io
 import re
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 import psycopg2
 import psycopg2.extensions
 
-from syncline.config import PostgresSinkConfig
+from syncline.config import ConflictConfig, PostgresSinkConfig
+from syncline.conflicts import (
+    Conflict,
+    ConflictNotFound,
+    KeyState,
+    Parked,
+    Resolver,
+    check_use,
+    key_text,
+    load_resolver,
+    log_conflict,
+    log_lost,
+    parked_changes,
+    prefilter,
+)
 from syncline.errors import (
     AuthError,
     ConfigError,
@@ -32,19 +50,22 @@ from syncline.errors import (
     SynclineError,
     TransientError,
 )
-from syncline.events import Change, Row
+from syncline.events import Change, Row, encode_value
 from syncline.schema import TableSchema
 from syncline.sinks.base import ApplyResult, Sink
 from syncline.sinks.sql import (
+    Step,
     TableOps,
     TargetTable,
     Truncate,
     b64decode,
     check_target,
+    conflict_for,
     create_table_sql,
     fence_check,
     first_line,
     fold,
+    ignores_missing,
     missing_table,
     options_for,
     qi,
@@ -230,6 +251,24 @@ class _Catalog:
 
 
 @dataclass(frozen=True, slots=True)
+class _Rule:
+    """A conflict strategy's statements for one table; each runs on its own to count losers.
+
+    ``delete_sql`` returns (rows deleted, rows the deletes found); the others report
+    how many rows they wrote in their row count.
+    """
+
+    mode: str  # lww_col | lww_ts | target_wins | force
+    lock_sql: str | None
+    delete_sql: str
+    tomb_sql: str | None  # after the deletes: tombstones, or forgetting deleted rows
+    upsert_sql: str
+    partial_sql: str
+    lost_sql: str  # a few losing rows with the target's row beside them, for the log
+    adopt_sql: str  # ``conflicts resolve --use current``: the target's row becomes syncline's
+
+
+@dataclass(frozen=True, slots=True)
 class _Plan:
     """Everything needed to apply one table, prepared once."""
 
@@ -245,6 +284,9 @@ class _Plan:
     partial_sql: str
     truncate_sql: str
     lazy: bool  # built from the rows seen (no source schema): may widen later
+    target_sql: str = ""
+    rule: _Rule | None = None  # None: source_wins, the plain statements above
+    delete_pairs: tuple[tuple[int, str, Adapter], ...] = ()  # what a delete's row carries
 
 
 def _build_plan(
@@ -254,6 +296,8 @@ def _build_plan(
     columns: Sequence[str],
     condition: str | None,
     lazy: bool,
+    mode: str | None = None,
+    version_column: str | None = None,
 ) -> _Plan:
     key = cat.table.key
     stage = f'pg_temp."_sl_stage_{n}"'
@@ -277,15 +321,26 @@ def _build_plan(
         )
     else:
         on_conflict, partial_sql = "DO NOTHING", ""
+    key_pairs = tuple((columns.index(k), k, adapter_for(*cat.kinds[k])) for k in key)
+    rule = None
+    delete_pairs = key_pairs
+    if mode is not None:
+        rule = _rule(mode, stage, target_sql, cat, columns, version_column)
+        if version_column is not None and version_column not in key:
+            i = columns.index(version_column)
+            delete_pairs = (
+                *key_pairs,
+                (i, version_column, adapter_for(*cat.kinds[version_column])),
+            )
     return _Plan(
         target=cat.table.name,
         columns=tuple(columns),
         pairs=tuple((c, adapter_for(*cat.kinds[c])) for c in columns),
-        key_pairs=tuple((columns.index(k), k, adapter_for(*cat.kinds[k])) for k in key),
+        key_pairs=key_pairs,
         stage=stage,
         stage_ddl=(
             f"CREATE TEMP TABLE IF NOT EXISTS {stage} ({stage_cols}, _sl_op text, "
-            "_sl_unchanged text[]) ON COMMIT DELETE ROWS"
+            f"_sl_unchanged text[]{', _sl_ts bigint' if rule else ''}) ON COMMIT DELETE ROWS"
         ),
         copy_sql=f"COPY {stage} FROM STDIN",
         delete_sql=f"DELETE FROM {target_sql} AS t USING {stage} AS s WHERE s._sl_op = 'd' AND {join}",
@@ -294,9 +349,242 @@ def _build_plan(
             f"WHERE _sl_op = 'u' ON CONFLICT ({', '.join(qi(k) for k in key)}) {on_conflict}"
         ),
         partial_sql=partial_sql,
-        truncate_sql=f"TRUNCATE {target_sql}",
+        truncate_sql=f"TRUNCATE {target_sql}"
+        + (f"; DELETE FROM {SHADOW} WHERE tbl = {ql(cat.table.name)}" if rule else ""),
         lazy=lazy,
+        target_sql=target_sql,
+        rule=rule,
+        delete_pairs=delete_pairs,
     )
+
+
+# ---- conflict rules ----------------------------------------------------------------------
+#
+# Shadow rows (syncline.row_versions) remember, per target row syncline wrote: the version
+# it wrote (lww by commit time), md5 of the whole row as syncline left it (target_wins,
+# manual: a different hash means someone else changed the row), and tombstones of deleted
+# rows (lww). Everything is decided inside the set statements below; conditions on the
+# target's row sit where PostgreSQL re-checks them against the latest row version
+# (ON CONFLICT … WHERE, DELETE/UPDATE … WHERE), so a local writer racing the batch is
+# judged on what it committed.
+
+SHADOW = "syncline.row_versions"
+CONFLICTS = "syncline.conflicts"
+CONFLICT_TABLES_DDL = f"""
+CREATE SCHEMA IF NOT EXISTS syncline;
+CREATE TABLE IF NOT EXISTS {SHADOW} (
+    tbl text NOT NULL, key jsonb NOT NULL, version bigint, hash text,
+    deleted boolean NOT NULL DEFAULT false, updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (tbl, key));
+CREATE INDEX IF NOT EXISTS row_versions_tombstones ON {SHADOW} (updated_at) WHERE deleted;
+CREATE TABLE IF NOT EXISTS {CONFLICTS} (
+    id bigserial PRIMARY KEY, pipeline text NOT NULL, tbl text NOT NULL,
+    source_table text NOT NULL, key jsonb NOT NULL, incoming jsonb NOT NULL, current jsonb,
+    detected_at timestamptz NOT NULL DEFAULT now(),
+    status text NOT NULL DEFAULT 'open' CHECK (status IN ('open', 'resolved')),
+    resolution text, resolved_at timestamptz);
+CREATE INDEX IF NOT EXISTS conflicts_open ON {CONFLICTS} (tbl, key) WHERE status = 'open';
+"""
+_MIN = "(-9223372036854775808)::bigint"
+_INT_TYPES = ("int2", "int4", "int8")
+_TIME_TYPES = ("timestamp", "timestamptz", "date")
+
+
+def lock_id(target: str) -> int:
+    """The advisory lock that serialises syncline writers of one target table's shadow rows."""
+    return int.from_bytes(
+        hashlib.blake2b(f"syncline:{target}".encode(), digest_size=8).digest(), "big", signed=True
+    )
+
+
+def _version(cat: _Catalog, column: str) -> Callable[[str], str]:
+    """SQL for an lww column's value as a bigint (µs since the epoch for timestamps)."""
+    base, elem = cat.kinds[column]
+    if elem is None and base in _INT_TYPES:
+        return lambda x: f"{x}.{qi(column)}::bigint"
+    if elem is None and base in _TIME_TYPES:
+        return lambda x: f"(extract(epoch FROM {x}.{qi(column)}) * 1000000)::bigint"
+    raise SchemaError(
+        f"conflict column {column} of target table {cat.table.name} is "
+        f"{cat.table.columns[column]}; lww needs a timestamp, date or integer column"
+    )
+
+
+def _rule(
+    mode: str,
+    stage: str,
+    tgt: str,
+    cat: _Catalog,
+    columns: Sequence[str],
+    version_column: str | None,
+) -> _Rule:
+    key = cat.table.key
+    tb = ql(cat.table.name)
+    k0 = qi(key[0])
+
+    def kj(x: str) -> str:  # the key as jsonb: how shadow rows are found
+        return "jsonb_build_object(" + ", ".join(f"{ql(k)}, {x}.{qi(k)}" for k in key) + ")"
+
+    def on(a: str, b: str) -> str:
+        return " AND ".join(f"{a}.{qi(k)} = {b}.{qi(k)}" for k in key)
+
+    def hs(x: str) -> str:  # the synced columns' text: the tie-break
+        return f'md5(ROW({", ".join(f"{x}.{qi(c)}" for c in columns)})::text) COLLATE "C"'
+
+    def rs(x: str) -> str:  # the hash syncline stored for a live row
+        return f"(SELECT r.hash FROM {SHADOW} r WHERE r.tbl = {tb} AND r.key = {kj(x)} AND NOT r.deleted)"
+
+    non_key = [c for c in columns if c not in key]
+    cols = ", ".join(qi(c) for c in columns)
+    s_cols = ", ".join(f"s.{qi(c)}" for c in columns)
+    conflict_on = ", ".join(qi(k) for k in key)
+    sets = ", ".join(f"{qi(c)} = EXCLUDED.{qi(c)}" for c in non_key)
+    psets = ", ".join(
+        f"{qi(c)} = CASE WHEN {ql(c)} = ANY(s._sl_unchanged) THEN t.{qi(c)} ELSE s.{qi(c)} END"
+        for c in non_key
+    )
+    found = f"(SELECT count(*) FROM {stage} s JOIN {tgt} t ON {on('t', 's')} WHERE s._sl_op = 'd')"
+    lock = f"SELECT pg_advisory_xact_lock({lock_id(cat.table.name)})"
+    remember = (  # shadow rows for what a CTE ``w`` wrote: key, hash
+        f"INSERT INTO {SHADOW} AS r (tbl, key, hash, deleted) SELECT {tb}, key, hash, false FROM w "
+        "ON CONFLICT (tbl, key) DO UPDATE SET hash = EXCLUDED.hash, deleted = false, updated_at = now()"
+    )
+    written = f"RETURNING {kj('t')} AS key, md5(t::text) AS hash"
+
+    def upsert(where: str, do_where: str, returning: str = "") -> str:
+        do = f"DO UPDATE SET {sets}{do_where}" if non_key else "DO NOTHING"
+        return (
+            f"INSERT INTO {tgt} AS t ({cols}) SELECT {s_cols} FROM {stage} AS s {where} "
+            f"ON CONFLICT ({conflict_on}) {do} {returning}"
+        )
+
+    def partial(where: str, returning: str = "") -> str:
+        if not non_key:
+            return ""
+        return (
+            f"UPDATE {tgt} AS t SET {psets} FROM {stage} AS s "
+            f"WHERE s._sl_op = 'p' AND {on('t', 's')} AND ({where}) {returning}"
+        )
+
+    def deleted(cond: str, using: str = "", extra: str = "", returning: str = "") -> str:
+        return (
+            f"WITH d AS (DELETE FROM {tgt} AS t USING {stage} AS s{using} WHERE s._sl_op = 'd' "
+            f"AND {on('t', 's')} AND ({cond}) RETURNING {kj('t')} AS key{returning}){extra} "
+            f"SELECT (SELECT count(*) FROM d), {found}"
+        )
+
+    forget = (  # target_wins: shadow rows of keys deleted now or already gone
+        f", forget AS (DELETE FROM {SHADOW} AS r USING {stage} AS s WHERE s._sl_op = 'd' "
+        f"AND r.tbl = {tb} AND r.key = {kj('s')} AND (r.key IN (SELECT key FROM d) OR NOT EXISTS "
+        f"(SELECT 1 FROM {tgt} AS c WHERE {on('c', 's')})))"
+    )
+    tomb = None
+    if mode == "lww_col":
+        assert version_column is not None
+        v = _version(cat, version_column)
+
+        def vz(x: str) -> str:
+            return f"coalesce({v(x)}, {_MIN})"
+
+        # A delete's version: the deleted row's column in the event's before image; without
+        # it, the commit time for a time column, or the version of the row it deletes for an
+        # integer one (commit times are not in its units).
+        timed = cat.kinds[version_column][0] in _TIME_TYPES
+        vd = f"coalesce({v('s')}, s._sl_ts)" if timed else f"coalesce({v('s')}, d.version)"
+
+        def wins(n: str) -> str:  # the incoming row ``n`` beats the target's row ``t``
+            return f"{vz(n)} > {vz('t')} OR ({vz(n)} = {vz('t')} AND {hs(n)} >= {hs('t')})"
+
+        lock_sql = None
+        delete_sql = deleted(  # deletes win ties; every delete leaves a tombstone
+            f"{vd.replace('d.version', vz('t'))} >= {vz('t')}",
+            extra=f", tomb AS (INSERT INTO {SHADOW} AS r (tbl, key, version, deleted) "
+            f"SELECT {tb}, {kj('s')}, {vd}, true FROM {stage} AS s LEFT JOIN d ON d.key = {kj('s')} "
+            f"WHERE s._sl_op = 'd' AND {vd} IS NOT NULL ON CONFLICT (tbl, key) DO UPDATE SET "
+            "version = GREATEST(r.version, EXCLUDED.version), hash = NULL, deleted = true, "
+            "updated_at = now())",
+            returning=f", {v('t')} AS version",
+        )
+        upsert_sql = upsert(
+            f"WHERE s._sl_op = 'u' AND NOT EXISTS (SELECT 1 FROM {SHADOW} r WHERE r.tbl = {tb} "
+            f"AND r.key = {kj('s')} AND r.deleted AND r.version >= {vz('s')})",
+            f" WHERE {wins('EXCLUDED')}",
+        )
+        partial_sql = partial(f"{ql(version_column)} = ANY(s._sl_unchanged) OR {wins('s')}")
+    elif mode == "lww_ts":
+        shadow_join = f" LEFT JOIN {SHADOW} AS r ON r.tbl = {tb} AND r.key = {kj('s')}"
+        lock_sql = lock
+        delete_sql = deleted("r.version IS NULL OR s._sl_ts >= r.version", shadow_join)
+        tomb = (
+            f"INSERT INTO {SHADOW} AS r (tbl, key, version, deleted) SELECT {tb}, {kj('s')}, s._sl_ts, true "
+            f"FROM {stage} AS s WHERE s._sl_op = 'd' ON CONFLICT (tbl, key) DO UPDATE SET "
+            "version = EXCLUDED.version, hash = NULL, deleted = true, updated_at = now() "
+            "WHERE r.version IS NULL OR EXCLUDED.version >= r.version"
+        )
+        keys_out = ", ".join(f"t.{qi(k)}" for k in key)
+        upsert_sql = (
+            "WITH w AS ("
+            + upsert(
+                f"{shadow_join} LEFT JOIN {tgt} AS c ON {on('c', 's')} WHERE s._sl_op = 'u' AND "
+                "(r.version IS NULL OR s._sl_ts > r.version OR (s._sl_ts = r.version AND NOT r.deleted "
+                f"AND (c.{k0} IS NULL OR {hs('s')} >= {hs('c')})))",
+                "",
+                f"RETURNING {keys_out}, md5(t::text) AS _sl_hash",
+            )
+            + f") INSERT INTO {SHADOW} AS r (tbl, key, version, hash, deleted) "
+            f"SELECT {tb}, {kj('w')}, s._sl_ts, w._sl_hash, false FROM w JOIN {stage} AS s "
+            f"ON s._sl_op = 'u' AND {on('w', 's')} ON CONFLICT (tbl, key) DO UPDATE SET "
+            "version = EXCLUDED.version, hash = EXCLUDED.hash, deleted = false, updated_at = now()"
+        )
+        p = partial(
+            "r.version IS NULL OR s._sl_ts > r.version",
+            f"RETURNING {kj('t')} AS key, md5(t::text) AS hash, s._sl_ts AS version",
+        ).replace(f"FROM {stage} AS s ", f"FROM {stage} AS s{shadow_join} ", 1)
+        partial_sql = (
+            f"WITH w AS ({p}) INSERT INTO {SHADOW} AS r (tbl, key, version, hash, deleted) "
+            f"SELECT {tb}, key, version, hash, false FROM w ON CONFLICT (tbl, key) DO UPDATE SET "
+            "version = EXCLUDED.version, hash = EXCLUDED.hash, deleted = false, updated_at = now()"
+            if p
+            else ""
+        )
+    elif mode in ("target_wins", "force"):
+        force = mode == "force"
+        lock_sql = lock
+        delete_sql = deleted("true" if force else f"md5(t::text) = {rs('s')}", extra=forget)
+        gone = (  # syncline wrote the key but the row is gone: deleted locally, keep it so
+            ""
+            if force
+            else f" AND NOT EXISTS (SELECT 1 FROM {SHADOW} r WHERE r.tbl = {tb} AND r.key = {kj('s')} "
+            f"AND NOT r.deleted AND NOT EXISTS (SELECT 1 FROM {tgt} AS c WHERE {on('c', 's')}))"
+        )
+        upsert_sql = (
+            "WITH w AS ("
+            + upsert(
+                f"WHERE s._sl_op = 'u'{gone}",
+                "" if force else f" WHERE md5(t::text) = {rs('EXCLUDED')}",
+                written,
+            )
+            + f") {remember}"
+        )
+        p = partial("true" if force else f"md5(t::text) = {rs('s')}", written)
+        partial_sql = f"WITH w AS ({p}) {remember}" if p else ""
+    else:  # pragma: no cover - modes come from _mode()
+        raise ValueError(mode)
+    lost_sql = (
+        f"SELECT s._sl_op, to_jsonb(s) - '_sl_op' - '_sl_unchanged' - '_sl_ts', to_jsonb(t) "
+        f"FROM {stage} AS s LEFT JOIN {tgt} AS t ON {on('t', 's')} "
+        f"WHERE (s._sl_op = 'd' AND t.{k0} IS NOT NULL) OR "
+        f"(s._sl_op = 'u' AND (t.{k0} IS NULL OR {hs('s')} <> {hs('t')})) LIMIT 5"
+    )
+    adopt_sql = (
+        f"WITH k AS (SELECT * FROM json_populate_record(NULL::{tgt}, %s::json)), "
+        f"a AS (INSERT INTO {SHADOW} AS r (tbl, key, hash, deleted) SELECT {tb}, {kj('t')}, "
+        f"md5(t::text), false FROM {tgt} AS t JOIN k ON {on('t', 'k')} ON CONFLICT (tbl, key) "
+        "DO UPDATE SET hash = EXCLUDED.hash, deleted = false, updated_at = now() RETURNING 1) "
+        f"DELETE FROM {SHADOW} AS r USING k WHERE r.tbl = {tb} AND r.key = {kj('k')} "
+        "AND NOT EXISTS (SELECT 1 FROM a)"
+    )
+    return _Rule(mode, lock_sql, delete_sql, tomb, upsert_sql, partial_sql, lost_sql, adopt_sql)
 
 
 def _unsent(columns: Sequence[str], row: Row, unchanged: list[str]) -> list[str]:
@@ -305,24 +593,36 @@ def _unsent(columns: Sequence[str], row: Row, unchanged: list[str]) -> list[str]
 
 
 def encode_rows(plan: _Plan, ops: TableOps) -> str:
-    """COPY text of the folded rows of one table (deletes carry only their key)."""
+    """COPY text of the folded rows of one table (deletes carry only their key).
+
+    Plans with a conflict rule stage one more field, the change's commit time, and
+    a delete also carries the lww column of the deleted row when the event had it.
+    """
     pairs = plan.pairs
     lines: list[str] = []
     append = lines.append
+    ts = plan.rule is not None
     if ops.deletes:
         width = len(pairs)
-        for key in ops.deletes:
+        fill = plan.delete_pairs
+        for j, key in enumerate(ops.deletes):
             fields = [NULL] * width
-            for i, c, a in plan.key_pairs:
+            for i, c, a in fill:
                 fields[i] = a(key.get(c))
-            append("\t".join(fields) + "\td\t\\N")
-    for row in ops.upserts:
-        g = row.get
-        append("\t".join([a(g(c)) for c, a in pairs]) + "\tu\t\\N")
-    for row, unchanged in ops.partials:
+            append("\t".join(fields) + (f"\td\t\\N\t{ops.delete_ts[j]}" if ts else "\td\t\\N"))
+    if ts:
+        for row, t in zip(ops.upserts, ops.upsert_ts, strict=True):
+            g = row.get
+            append("\t".join([a(g(c)) for c, a in pairs]) + f"\tu\t\\N\t{t}")
+    else:
+        for row in ops.upserts:
+            g = row.get
+            append("\t".join([a(g(c)) for c, a in pairs]) + "\tu\t\\N")
+    for j, (row, unchanged) in enumerate(ops.partials):
         g = row.get
         unsent = _esc(array_literal(_unsent(plan.columns, row, unchanged)))
-        append("\t".join([a(g(c)) for c, a in pairs]) + "\tp\t" + unsent)
+        tail = f"\t{ops.partial_ts[j]}" if ts else ""
+        append("\t".join([a(g(c)) for c, a in pairs]) + "\tp\t" + unsent + tail)
     lines.append("")
     return "\n".join(lines)
 
@@ -380,6 +680,17 @@ class PostgresSink(Sink):
         self._user = params.get("user") or "(default user)"
         self._db = params.get("dbname") or self._user
         self._conn: psycopg2.extensions.connection | None = None
+        self.conflicts_detected = 0  # changes that met a conflict since the sink started
+        self._force_plans: dict[str, _Plan] = {}  # ``conflicts resolve``: no rule, shadow kept
+        self._rules: dict[str, ConflictConfig | None] = {}  # by source table
+        rules = [o.conflict for o in config.tables.values() if o.conflict is not None]
+        self._prefilter = any(r.strategy in ("custom", "manual") for r in rules)
+        self._needs_shadow = any(r.strategy not in ("custom", "source_wins") for r in rules)
+        where = f"sink of pipeline {pipeline}"
+        self._resolvers: dict[str, Resolver] = {
+            r.resolver: load_resolver(r.resolver, where) for r in rules if r.resolver
+        }
+        self._next_purge = 0.0
         self._plans: dict[str, _Plan] = {}
         self._staged: set[str] = set()
         self._plan_seq = 0
@@ -393,9 +704,19 @@ class PostgresSink(Sink):
         """SQL that must hold for an incoming row to overwrite the target's (None: always).
 
         It may refer to the current row as ``t`` and to the incoming one as ``{new}``
-        (e.g. ``{new}.updated_at >= t.updated_at``). Conflict resolution plugs in here.
+        (e.g. ``{new}.updated_at >= t.updated_at``). It applies to tables without a
+        ``conflict`` rule; the rules of docs/conflicts.md build their own statements.
         """
         return None
+
+    TOMBSTONE_RETENTION = 7 * 86400.0  # seconds an lww tombstone is kept
+    PURGE_INTERVAL = 3600.0  # seconds between opportunistic purges
+
+    def rule_of(self, table_id: str) -> ConflictConfig | None:
+        """The conflict rule of source ``table_id`` (None: source_wins)."""
+        if table_id not in self._rules:
+            self._rules[table_id] = conflict_for(self._cfg.tables, table_id)
+        return self._rules[table_id]
 
     # ---- connection ------------------------------------------------------------------
 
@@ -576,18 +897,19 @@ class PostgresSink(Sink):
             cur.execute(create_table_sql(f"{qi(schema)}.{qi(table)}", source, "postgres"))
             cat = self._lookup(cur, schema, table)
             assert cat is not None
-        check_target(source, cat.table, self.where)
+        check_target(source, cat.table, self.where, ignores_missing(self._cfg.tables, table_id))
         return cat
 
     def prepare(self, schemas: Mapping[str, TableSchema]) -> None:
         conn = self._connection()
+        if self._needs_shadow or self._prefilter:
+            self._ensure_conflict_tables(conn)
         try:
             with conn.cursor() as cur:
                 for table_id, source in schemas.items():
                     cat = self._check_one(cur, table_id, source, self._cfg.create_tables)
-                    self._plans[table_id] = self._new_plan(
-                        table_id, cat, [c.name for c in source.columns], lazy=False
-                    )
+                    cols = [c.name for c in source.columns if c.name in cat.table.columns]
+                    self._plans[table_id] = self._new_plan(table_id, cat, cols, lazy=False)
             conn.commit()
         except psycopg2.Error as exc:
             raise self._fail(exc, "preparing target tables") from exc
@@ -595,9 +917,36 @@ class PostgresSink(Sink):
             self._abort()
             raise
 
-    def _new_plan(self, table_id: str, cat: _Catalog, columns: Sequence[str], lazy: bool) -> _Plan:
+    def _ensure_conflict_tables(self, conn: psycopg2.extensions.connection) -> None:
+        """Create the shadow-row and parked-conflict tables (in their own transaction)."""
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT to_regclass(%s), to_regclass(%s)", (SHADOW, CONFLICTS))
+                row = cur.fetchone()
+                if row is None or row[0] is None or row[1] is None:
+                    cur.execute(CONFLICT_TABLES_DDL)
+            conn.commit()
+        except (psycopg2.errors.UniqueViolation, psycopg2.errors.DuplicateObject):
+            self._abort()  # another sink created them at the same moment
+        except psycopg2.Error as exc:
+            raise self._fail(exc, f"creating {SHADOW} and {CONFLICTS}") from exc
+
+    def _new_plan(
+        self, table_id: str, cat: _Catalog, columns: Sequence[str], lazy: bool, force: bool = False
+    ) -> _Plan:
         self._plan_seq += 1
         schema, table = self.target_of(table_id)
+        rule = self.rule_of(table_id)
+        mode = "force" if force else _mode(rule)
+        column = rule.column if rule is not None and mode == "lww_col" else None
+        if column is not None and column not in columns:
+            if column not in cat.table.columns or not lazy:
+                raise SchemaError(
+                    f"conflict column {column} of table {table_id} is not among the columns "
+                    f"syncline writes to {cat.table.name} in {self.where}; "
+                    "lww needs a column both tables have"
+                )
+            columns = [*columns, column]
         return _build_plan(
             self._plan_seq,
             f"{qi(schema)}.{qi(table)}",
@@ -605,11 +954,23 @@ class PostgresSink(Sink):
             columns,
             self.conflict_condition(table_id),
             lazy,
+            mode,
+            column,
         )
 
-    def _plan(self, cur: psycopg2.extensions.cursor, table_id: str, ops: TableOps | None) -> _Plan:
-        """The prepared plan, or one built from the target and the columns the rows carry."""
-        plan = self._plans.get(table_id)
+    def _plan(
+        self,
+        cur: psycopg2.extensions.cursor,
+        table_id: str,
+        ops: TableOps | None,
+        force: bool = False,
+    ) -> _Plan:
+        """The prepared plan, or one built from the target and the columns the rows carry.
+
+        ``force`` plans (``conflicts resolve``) apply without the table's rule.
+        """
+        plans = self._force_plans if force else self._plans
+        plan = plans.get(table_id)
         if plan is not None and (not plan.lazy or ops is None):
             return plan
         wanted = set(plan.columns) if plan is not None else set()
@@ -624,14 +985,14 @@ class PostgresSink(Sink):
         if not cat.table.key:
             raise SchemaError(f"target table {cat.table.name} in {self.where} has no primary key")
         unknown = sorted(wanted - set(cat.table.columns))
-        if unknown:
+        if unknown and not ignores_missing(self._cfg.tables, table_id):
             raise SchemaError(
                 f"target table {cat.table.name} in {self.where} lacks column(s) {', '.join(unknown)}"
             )
         wanted.update(cat.table.key)
         columns = [c for c in cat.table.columns if c in wanted]
-        plan = self._new_plan(table_id, cat, columns, lazy=True)
-        self._plans[table_id] = plan
+        plan = self._new_plan(table_id, cat, columns, lazy=True, force=force)
+        plans[table_id] = plan
         return plan
 
     def check(self, schemas: Mapping[str, TableSchema] | None = None) -> list[str]:
@@ -656,7 +1017,8 @@ class PostgresSink(Sink):
                         notes.append(f"sink: {schema}.{table} will be created")
                         continue
                     if source is not None:
-                        check_target(source, cat.table, self.where)
+                        missing_ok = ignores_missing(self._cfg.tables, table_id)
+                        check_target(source, cat.table, self.where, missing_ok)
                     elif not cat.table.key:
                         raise SchemaError(
                             f"target table {cat.table.name} in {self.where} has no primary key"
@@ -687,6 +1049,7 @@ class PostgresSink(Sink):
             r = self._apply_txn(group, positions if last else {}, (tag, newest_ts_us(group)))
             total.applied += r.applied
             total.skipped += r.skipped
+            total.conflicts += r.conflicts
         return total
 
     def _apply_txn(
@@ -704,6 +1067,11 @@ class PostgresSink(Sink):
                 what = f"locking the positions of pipeline {self._pipeline} in {OFFSETS}"
                 cur.execute(self._fence_sql, (self._pipeline,))
                 fence_check(self._pipeline, self._expected, cur.fetchall())
+                if self._prefilter:
+                    what = "fetching the target rows of conflict-checked tables"
+                    steps, result = self._prefiltered(cur, changes)
+                if self._needs_shadow:
+                    self._maybe_purge(cur)
                 if tag is not None:
                     what = f"tagging the transaction with replication origin {tag[0]}"
                     self._origins.tag(conn, cur, *tag)
@@ -715,7 +1083,10 @@ class PostgresSink(Sink):
                     else:
                         plan = self._plan(cur, step.table_id, step)
                         what = f"applying changes to {plan.target}"
-                        self._apply_ops(cur, plan, step, used)
+                        lost = self._apply_ops(cur, plan, step, used)
+                        if lost:
+                            result.applied -= lost
+                            result.conflicts += lost
                 if positions:
                     what = f"storing positions in {OFFSETS}"
                     cur.execute(self._positions_sql(positions))
@@ -727,6 +1098,7 @@ class PostgresSink(Sink):
             raise
         if self._expected is not None:
             self._expected.update(positions)
+        self.conflicts_detected += result.conflicts
         return result
 
     _fence_sql = (
@@ -736,7 +1108,8 @@ class PostgresSink(Sink):
 
     def _apply_ops(
         self, cur: psycopg2.extensions.cursor, plan: _Plan, ops: TableOps, used: set[str]
-    ) -> None:
+    ) -> int:
+        """Stage and merge one table's folded rows; how many lost to the target's rows."""
         if plan.stage not in self._staged:
             cur.execute(plan.stage_ddl)
             self._staged.add(plan.stage)
@@ -748,6 +1121,8 @@ class PostgresSink(Sink):
         except (TypeError, ValueError, binascii.Error) as exc:
             raise _bad_value(plan, ops, exc) from exc
         cur.copy_expert(plan.copy_sql, io.StringIO(data), size=_COPY_CHUNK)
+        if plan.rule is not None:
+            return self._apply_rule(cur, plan, plan.rule, ops)
         sql = []
         if ops.deletes:
             sql.append(plan.delete_sql)
@@ -756,6 +1131,257 @@ class PostgresSink(Sink):
         if ops.partials and plan.partial_sql:
             sql.append(plan.partial_sql)
         cur.execute(";\n".join(sql))
+        return 0
+
+    # ---- conflict rules --------------------------------------------------------------
+
+    def _apply_rule(
+        self, cur: psycopg2.extensions.cursor, plan: _Plan, rule: _Rule, ops: TableOps
+    ) -> int:
+        """Run a rule's statements one by one, counting the rows that lost to the target."""
+        lost = lost_upserts = 0
+        if rule.lock_sql:
+            cur.execute(rule.lock_sql)
+        if ops.deletes:
+            cur.execute(rule.delete_sql)
+            row = cur.fetchone()
+            lost += int(row[1]) - int(row[0]) if row else 0
+            if rule.tomb_sql:
+                cur.execute(rule.tomb_sql)
+        if ops.upserts:
+            cur.execute(rule.upsert_sql)
+            lost_upserts = len(ops.upserts) - max(cur.rowcount, 0)
+            lost += lost_upserts
+        if ops.partials and rule.partial_sql:
+            cur.execute(rule.partial_sql)
+            lost += len(ops.partials) - max(cur.rowcount, 0)
+        if lost > 0 and rule.mode != "force":
+            self._log_lost(cur, plan, rule, lost)
+        rule_cfg = self.rule_of(ops.table_id)
+        if lost_upserts and rule_cfg is not None and rule_cfg.strategy == "manual":
+            # the rows were locked when the batch was checked, so a new row written
+            # locally since then raced us: roll back and check again
+            raise TransientError(
+                f"a row of {plan.target} in {self.where} was written locally while a batch "
+                "was being checked for conflicts; retrying"
+            )
+        return lost
+
+    _LOST_REASON = {
+        "lww_col": "it is older than the target's row (lww)",
+        "lww_ts": "it is older than syncline's last write of the row (lww)",
+        "target_wins": "the target's row was changed locally (target_wins)",
+    }
+
+    def _log_lost(
+        self, cur: psycopg2.extensions.cursor, plan: _Plan, rule: _Rule, lost: int
+    ) -> None:
+        cur.execute(rule.lost_sql)
+        key = [k for _, k, _ in plan.key_pairs]
+        reason = self._LOST_REASON.get(rule.mode, rule.mode)
+        for op, incoming, current in cur.fetchall():
+            log_conflict(
+                plan.target,
+                {k: incoming.get(k) for k in key},
+                f"kept the target's row ({'delete' if op == 'd' else 'update'} lost: {reason})",
+                incoming,
+                current,
+            )
+        log_lost(plan.target, lost, reason)
+
+    def _prefiltered(
+        self, cur: psycopg2.extensions.cursor, changes: Sequence[Change]
+    ) -> tuple[list[Step], ApplyResult]:
+        """Custom and manual tables: decide change by change from the target's rows, then fold."""
+        rules: dict[str, ConflictConfig] = {}
+        for table_id in {c.event.table_id for c in changes}:
+            rule = self.rule_of(table_id)
+            if rule is not None and rule.strategy in ("custom", "manual"):
+                rules[table_id] = rule
+        if not rules:
+            return fold(changes)
+        out = prefilter(
+            changes,
+            rules,
+            self._resolvers,
+            lambda t, keys: self._fetch(cur, t, keys, rules[t].strategy == "manual"),
+        )
+        if out.parked:
+            self._park(cur, out.parked)
+        steps, result = fold(out.changes)
+        result.conflicts += out.conflicts
+        return steps, result
+
+    def _fetch(
+        self, cur: psycopg2.extensions.cursor, table_id: str, keys: list[Row], manual: bool
+    ) -> list[KeyState]:
+        """The target's rows of ``keys``, locked until commit (one round trip per table)."""
+        plan = self._plan(cur, table_id, None)
+        tgt = plan.target_sql
+        key = [k for _, k, _ in plan.key_pairs]
+        on = " AND ".join(f"t.{qi(k)} = k.{qi(k)}" for k in key)
+        sql = [
+            f"SELECT 1 FROM {tgt} AS t JOIN json_populate_recordset(NULL::{tgt}, %(keys)s::json) "
+            f"AS k ON {on} FOR UPDATE OF t"
+        ]
+        cols, joins = "to_jsonb(t)::text", ""
+        if manual:
+            tb = ql(plan.target)
+            kj = "jsonb_build_object(" + ", ".join(f"{ql(k)}, k.{qi(k)}" for k in key) + ")"
+            sql.insert(0, f"SELECT pg_advisory_xact_lock({lock_id(plan.target)})")
+            cols += (
+                ", md5(t::text) = r.hash AND NOT r.deleted, r.key IS NOT NULL AND NOT r.deleted, "
+                f"EXISTS (SELECT 1 FROM {CONFLICTS} c WHERE c.tbl = {tb} AND c.key = a.e::jsonb "
+                "AND c.status = 'open')"
+            )
+            joins = f" LEFT JOIN {SHADOW} AS r ON r.tbl = {tb} AND r.key = {kj}"
+        sql.append(
+            f"SELECT {cols} FROM json_array_elements(%(keys)s::json) WITH ORDINALITY AS a(e, n) "
+            f"CROSS JOIN LATERAL json_populate_record(NULL::{tgt}, a.e) AS k "
+            f"LEFT JOIN {tgt} AS t ON {on}{joins} ORDER BY a.n"
+        )
+        cur.execute(";\n".join(sql), {"keys": "[" + ",".join(key_text(k) for k in keys) + "]"})
+        out = []
+        for row in cur.fetchall():
+            current = None if row[0] is None else msgspec.json.decode(row[0])
+            if manual:
+                out.append(KeyState(current, bool(row[1]), bool(row[2]), bool(row[3])))
+            else:
+                out.append(KeyState(current))
+        return out
+
+    def _park(self, cur: psycopg2.extensions.cursor, parked: list[Parked]) -> None:
+        """Store parked changes with the target's row beside them (one statement)."""
+        values = []
+        for p in parked:
+            target = self._plan(cur, p.table_id, None).target
+            current = None if p.current is None else to_json(p.current)
+            args = (
+                self._pipeline,
+                target,
+                p.table_id,
+                key_text(p.key),
+                encode_value(p.event).decode(),
+                current,
+            )
+            values.append(
+                cur.mogrify("(%s, %s, %s, %s::jsonb, %s::jsonb, %s::jsonb)", args).decode()
+            )
+        cur.execute(
+            f"INSERT INTO {CONFLICTS} (pipeline, tbl, source_table, key, incoming, current) "
+            f"VALUES {', '.join(values)}"
+        )
+
+    def _maybe_purge(self, cur: psycopg2.extensions.cursor) -> None:
+        """Drop tombstones older than the retention, at most once per interval."""
+        now = time.monotonic()
+        if now < self._next_purge:
+            return
+        self._next_purge = now + self.PURGE_INTERVAL
+        cur.execute(
+            f"DELETE FROM {SHADOW} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {SHADOW} WHERE deleted "
+            "AND updated_at < now() - make_interval(secs => %s) LIMIT 10000))",
+            (self.TOMBSTONE_RETENTION,),
+        )
+
+    # ---- parked conflicts: what ``syncline conflicts`` calls ---------------------------
+
+    _CONFLICT_COLS = (
+        "id, pipeline, tbl, source_table, key::text, incoming::text, current::text, "
+        "detected_at, status, resolution, resolved_at"
+    )
+
+    def _read_conflicts(self, where: str, args: tuple[Any, ...]) -> list[Conflict]:
+        conn = self._connection()
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT to_regclass(%s)", (CONFLICTS,))
+                row = cur.fetchone()
+                rows = []
+                if row is not None and row[0] is not None:
+                    cur.execute(
+                        f"SELECT {self._CONFLICT_COLS} FROM {CONFLICTS} WHERE {where} ORDER BY id",
+                        args,
+                    )
+                    rows = cur.fetchall()
+            conn.rollback()
+        except psycopg2.Error as exc:
+            raise self._fail(exc, f"reading {CONFLICTS}") from exc
+        return [_conflict(r) for r in rows]
+
+    def list_conflicts(
+        self, pipeline: str | None = None, include_resolved: bool = False
+    ) -> list[Conflict]:
+        return self._read_conflicts(
+            "(%s::text IS NULL OR pipeline = %s) AND (%s OR status = 'open')",
+            (pipeline, pipeline, include_resolved),
+        )
+
+    def get_conflict(self, conflict_id: int) -> Conflict | None:
+        found = self._read_conflicts("id = %s", (conflict_id,))
+        return found[0] if found else None
+
+    def resolve_conflict(self, conflict_id: int, use: str) -> list[int]:
+        """Apply the parked change (and the key's later ones) or keep the target's row."""
+        check_use(use)
+        conn = self._connection()
+        what = f"resolving conflict {conflict_id} in {CONFLICTS}"
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT to_regclass(%s)", (CONFLICTS,))
+                found = cur.fetchone()
+                row = None
+                if found is not None and found[0] is not None:
+                    cur.execute(
+                        f"SELECT source_table, key::text, status, resolution, tbl FROM {CONFLICTS} "
+                        "WHERE id = %s FOR UPDATE",
+                        (conflict_id,),
+                    )
+                    row = cur.fetchone()
+                if row is None:
+                    raise ConflictNotFound(
+                        f"no conflict {conflict_id} in {self.where}; see syncline conflicts list"
+                    )
+                source_table, key, status, resolution, tbl = row
+                if status != "open":
+                    raise ConflictNotFound(
+                        f"conflict {conflict_id} is already resolved ({resolution}); nothing to do"
+                    )
+                plan = self._plan(cur, source_table, None, force=True)
+                assert plan.rule is not None and plan.rule.lock_sql
+                cur.execute(plan.rule.lock_sql)
+                ids = [conflict_id]
+                if use == "current":
+                    cur.execute(plan.rule.adopt_sql, (key,))
+                else:
+                    cur.execute(
+                        f"SELECT id, key::text, incoming::text FROM {CONFLICTS} WHERE tbl = %s "
+                        "AND key = %s::jsonb AND status = 'open' AND id >= %s ORDER BY id FOR UPDATE",
+                        (tbl, key, conflict_id),
+                    )
+                    parked = parked_changes(
+                        [(int(i), msgspec.json.decode(k), inc) for i, k, inc in cur.fetchall()]
+                    )
+                    ids = [i for i, _ in parked]
+                    steps, _ = fold([c for _, c in parked])
+                    used: set[str] = set()
+                    for step in steps:
+                        if isinstance(step, TableOps):
+                            step_plan = self._plan(cur, step.table_id, step, force=True)
+                            what = f"applying conflict {conflict_id} to {step_plan.target}"
+                            self._apply_ops(cur, step_plan, step, used)
+                cur.execute(
+                    f"UPDATE {CONFLICTS} SET status = 'resolved', resolved_at = now(), resolution = "
+                    "CASE WHEN id = %s THEN %s ELSE %s END WHERE id = ANY(%s)",
+                    (conflict_id, use, f"incoming (after #{conflict_id})", ids),
+                )
+            conn.commit()
+        except psycopg2.Error as exc:
+            raise self._fail(exc, what) from exc
+        except BaseException:
+            self._abort()
+            raise
+        return ids
 
     def _positions_sql(self, positions: Mapping[int, int]) -> str:
         pipeline = ql(self._pipeline)
@@ -767,3 +1393,31 @@ class PostgresSink(Sink):
             "ON CONFLICT (pipeline, partition) DO UPDATE SET next_offset = EXCLUDED.next_offset, "
             "updated_at = EXCLUDED.updated_at"
         )
+
+
+def _mode(rule: ConflictConfig | None) -> str | None:
+    """The statements a table's rule runs (manual: target_wins for what it does not park)."""
+    if rule is None or rule.strategy == "custom":
+        return None
+    if rule.strategy == "lww":
+        return "lww_col" if rule.column else "lww_ts"
+    return "target_wins"
+
+
+def _conflict(row: Sequence[Any]) -> Conflict:
+    def stamp(v: Any) -> str | None:
+        return None if v is None else v.isoformat(sep=" ", timespec="seconds")
+
+    return Conflict(
+        id=int(row[0]),
+        pipeline=row[1],
+        table=row[2],
+        source_table=row[3],
+        key=msgspec.json.decode(row[4]),
+        incoming=msgspec.json.decode(row[5]),
+        current=None if row[6] is None else msgspec.json.decode(row[6]),
+        detected_at=stamp(row[7]) or "",
+        status=row[8],
+        resolution=row[9],
+        resolved_at=stamp(row[10]),
+    )

@@ -15,7 +15,7 @@ from typing import Any
 
 import msgspec
 
-from syncline.config import TableOptions
+from syncline.config import ConflictConfig, TableOptions
 from syncline.errors import DataError, SchemaError, TransientError
 from syncline.events import Change, Op, Row, encode_key
 from syncline.schema import TableSchema
@@ -28,12 +28,19 @@ UPSERT, PARTIAL, DELETE = "u", "p", "d"
 
 @dataclass(slots=True)
 class TableOps:
-    """The folded outcome of a run of changes to one table (keys are distinct)."""
+    """The folded outcome of a run of changes to one table (keys are distinct).
+
+    Each ``*_ts`` list holds the source commit time (µs) of the change behind the
+    image at the same index: last-writer-wins by commit time compares them.
+    """
 
     table_id: str
     upserts: list[Row] = field(default_factory=list)  # complete images
     partials: list[tuple[Row, list[str]]] = field(default_factory=list)  # image, unsent columns
-    deletes: list[Row] = field(default_factory=list)  # key images
+    deletes: list[Row] = field(default_factory=list)  # key images (plus the before image's columns)
+    upsert_ts: list[int] = field(default_factory=list)
+    partial_ts: list[int] = field(default_factory=list)
+    delete_ts: list[int] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -42,7 +49,8 @@ class Truncate:
 
 
 Step = TableOps | Truncate
-_State = tuple[str, Row, list[str] | None]  # kind, image (or key for deletes), unsent columns
+# kind, image (or key for deletes), unsent columns, source commit time in µs
+_State = tuple[str, Row, list[str] | None, int]
 
 
 def _hashable_key(key: Row) -> Any:
@@ -54,10 +62,10 @@ def _hashable_key(key: Row) -> Any:
     return vals
 
 
-def _merge(after: Row, unchanged: list[str], prev: _State | None) -> _State:
+def _merge(after: Row, unchanged: list[str], prev: _State | None, ts: int) -> _State:
     """An update without some columns takes them from an earlier image of the key."""
     if prev is None or prev[0] == DELETE:
-        return (PARTIAL, after, unchanged)
+        return (PARTIAL, after, unchanged, ts)
     prev_row, prev_unsent = prev[1], prev[2]
     row = dict(after)
     missing: list[str] = []
@@ -66,7 +74,13 @@ def _merge(after: Row, unchanged: list[str], prev: _State | None) -> _State:
             row[col] = prev_row[col]
         else:
             missing.append(col)
-    return (PARTIAL, row, missing) if missing else (UPSERT, row, None)
+    return (PARTIAL, row, missing, ts) if missing else (UPSERT, row, None, ts)
+
+
+def commit_us(change: Change) -> int:
+    """The source commit time of ``change`` in µs (``ts_us``, else ``ts_ms``)."""
+    src = change.event.source
+    return src.ts_us if src.ts_us is not None else src.ts_ms * 1000
 
 
 def fold(changes: Sequence[Change]) -> tuple[list[Step], ApplyResult]:
@@ -92,13 +106,18 @@ def fold(changes: Sequence[Change]) -> tuple[list[Step], ApplyResult]:
         if states is None:
             states = pending[table_id] = {}
         key = _hashable_key(change.key) if change.key else None
+        src = ev.source
+        ts = src.ts_us if src.ts_us is not None else src.ts_ms * 1000
         if op == Op.DELETE:
-            image = change.key or ev.before
+            before = ev.before
+            image = change.key or before
             if not image:
                 raise DataError(f"delete on {table_id} carries no key; cannot apply it")
             if key is None:
                 key = _hashable_key(image)
-            new: _State = (DELETE, image, None)
+            elif before and len(before) > len(image):
+                image = {**before, **image}  # lww on a column reads the deleted row's version
+            new: _State = (DELETE, image, None, ts)
         elif op in (Op.CREATE, Op.READ, Op.UPDATE):
             after = ev.after
             if after is None:
@@ -108,9 +127,9 @@ def fold(changes: Sequence[Change]) -> tuple[list[Step], ApplyResult]:
             if key is None:
                 raise DataError(f"{op!r} change on {table_id} carries no key; cannot apply it")
             if ev.unchanged:
-                new = _merge(after, ev.unchanged, states.get(key))
+                new = _merge(after, ev.unchanged, states.get(key), ts)
             else:
-                new = (UPSERT, after, None)
+                new = (UPSERT, after, None, ts)
         else:
             raise DataError(f"unknown op {op!r} in a change to {table_id}")
         if key in states:
@@ -123,13 +142,16 @@ def fold(changes: Sequence[Change]) -> tuple[list[Step], ApplyResult]:
 
 def _to_ops(table_id: str, states: dict[Any, _State]) -> TableOps:
     ops = TableOps(table_id)
-    for kind, image, unsent in states.values():
+    for kind, image, unsent, ts in states.values():
         if kind == UPSERT:
             ops.upserts.append(image)
+            ops.upsert_ts.append(ts)
         elif kind == DELETE:
             ops.deletes.append(image)
+            ops.delete_ts.append(ts)
         else:
             ops.partials.append((image, unsent or []))
+            ops.partial_ts.append(ts)
     return ops
 
 
@@ -164,9 +186,29 @@ def options_for(tables: Mapping[str, TableOptions], table_id: str) -> TableOptio
     return opts
 
 
-def check_target(source: TableSchema, target: TargetTable, where: str) -> None:
-    """Raise ``SchemaError`` unless ``target`` can take every column and the key of ``source``."""
+def conflict_for(tables: Mapping[str, TableOptions], table_id: str) -> ConflictConfig | None:
+    """The table's conflict rule; ``None`` means source_wins (apply everything)."""
+    opts = options_for(tables, table_id)
+    rule = opts.conflict if opts is not None else None
+    return None if rule is None or rule.strategy == "source_wins" else rule
+
+
+def ignores_missing(tables: Mapping[str, TableOptions], table_id: str) -> bool:
+    """``missing_columns: ignore``: source columns the target lacks are dropped."""
+    opts = options_for(tables, table_id)
+    return opts is not None and opts.missing_columns == "ignore"
+
+
+def check_target(
+    source: TableSchema, target: TargetTable, where: str, missing_ok: bool = False
+) -> None:
+    """Raise ``SchemaError`` unless ``target`` can take every column and the key of ``source``.
+
+    With ``missing_ok`` (``missing_columns: ignore``) only the key columns must exist.
+    """
     missing = [c.name for c in source.columns if c.name not in target.columns]
+    if missing_ok:
+        missing = [c for c in missing if c in source.key]
     if missing:
         cols = ", ".join(missing)
         raise SchemaError(
