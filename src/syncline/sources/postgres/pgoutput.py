@@ -3,8 +3,9 @@
 Pure Python, tuned for the hot path: ``struct.unpack_from`` on the message
 bytes, relation metadata (names, converters, key positions) cached per relation
 OID and rebuilt only when the server resends a Relation message, one dict per
-row image. Message layouts: PostgreSQL docs, "Logical Replication Message
-Formats".
+row image. Row images go through a function generated per relation (see
+``_compile``); the generic ``Decoder._tuple`` handles what it does not.
+Message layouts: PostgreSQL docs, "Logical Replication Message Formats".
 
 The decoder also keeps the position bookkeeping the source's checkpoints need:
 the commit LSN and per-transaction sequence number of every change, and the
@@ -17,11 +18,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from struct import Struct
+from typing import Any
 
 from syncline.errors import DataError, SchemaError
 from syncline.events import Change, ChangeEvent, Row, SourceInfo
-from syncline.sources.postgres.values import BytesConv, Converter
+from syncline.sources.postgres.values import TEXT, BytesConv, Converter
 
 PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01 in Unix microseconds
 
@@ -32,10 +35,14 @@ _BEGIN = Struct(">QqI")  # final (commit) LSN, commit time, xid
 _COMMIT = Struct(">BQQq")  # flags, commit LSN, end LSN, commit time
 _TRUNC = Struct(">IB")  # relation count, options
 _COLTAIL = Struct(">Ii")  # type OID, typmod
+_FIRST = Struct(">HBi")  # TupleData column count, then the first column's kind and length
 
 _N, _U, _T, _K, _O = 110, 117, 116, 75, 79  # 'n' 'u' 't' 'K' 'O'
 
 ConverterLookup = Callable[[int], Converter]
+RowImage = Callable[[bytes, int], Row | None]
+RowImageEnd = Callable[[bytes, int], tuple[Row, int] | None]
+Pick = Callable[[Row], Row]
 
 
 @dataclass(slots=True)
@@ -51,11 +58,93 @@ class Relation:
     ident: tuple[str, ...]  # replica identity columns (what a 'K' old tuple carries)
     key: tuple[str, ...]  # the event key: primary key, else replica identity
     captured: bool
+    image: RowImage  # generated TupleData decoder (_compile); None: use _tuple instead
+    image_end: RowImageEnd  # the same, also returning where the tuple ends
+    key_of: Pick  # row → {key column: row[column]}
+    key_get: Pick  # row → {key column: row.get(column)}
+    ident_of: Pick  # row → {replica identity column: row[column]}
 
 
 def _cstr(data: bytes, pos: int) -> tuple[str, int]:
     end = data.index(0, pos)
     return data[pos:end].decode(), end + 1
+
+
+def _no_fast_path(data: bytes, pos: int) -> None:
+    return None
+
+
+@lru_cache(maxsize=256)
+def _compile(names: tuple[str, ...], convs: tuple[BytesConv, ...]) -> tuple[RowImage, RowImageEnd]:
+    """Generate TupleData decoders for one column layout, the column loop unrolled.
+
+    They do what ``Decoder._tuple`` does for rows of 't' and 'n' columns, with
+    text converters inlined, and give up (None) on anything else: an unchanged
+    TOAST column, a wrong column count, any exception. The caller then runs
+    the generic decoder, which yields the same row or raises the same error, so
+    the two paths cannot disagree. Names enter the source only through
+    ``repr()`` and converters only as closure cells: no name can inject code.
+    ``image`` returns the row; ``image_end`` also where the tuple ends.
+    """
+    n = len(names)
+    if n == 0:
+        return _no_fast_path, _no_fast_path
+    body = ["    try:"]
+    for i, conv in enumerate(convs):
+        value = (
+            "data[pos - ln:pos].decode()"
+            if conv is TEXT.from_bytes
+            else f"c{i}(data[pos - ln:pos])"
+        )
+        if (
+            i == 0
+        ):  # one unpack: column count, column 0 kind and length (a short all-NULL row fails it)
+            body += [
+                "      count, kind, ln = first(data, pos)",
+                f"      if count != {n}: return None",
+            ]
+            head, size = [], 3  # bytes before column 0's value: count, kind, length
+        else:
+            head, size = ["        ln = unpack(data, pos + 1)[0]"], 1
+            body.append("      kind = data[pos]")
+        body += [
+            "      if kind == 116:",
+            *head,
+            f"        pos += {size + 4} + ln",
+            f"        v{i} = {value}",
+            "      elif kind == 110:",
+            f"        v{i} = None",
+            f"        pos += {size}",
+            "      else: return None",
+        ]
+    body.append("    except Exception: return None")
+    row = "{" + ", ".join(f"{name!r}: v{i}" for i, name in enumerate(names)) + "}"
+    source = "\n".join(
+        [
+            f"def make(unpack, first, {', '.join(f'c{i}' for i in range(n))}):",
+            "  def image(data, pos):",
+            *body,
+            f"    return {row}",
+            "  def image_end(data, pos):",
+            *body,
+            f"    return {row}, pos",
+            "  return image, image_end",
+        ]
+    )
+    namespace: dict[str, Any] = {}
+    exec(source, namespace)  # a fixed template; names only through repr()
+    made: tuple[RowImage, RowImageEnd] = namespace["make"](
+        _I32.unpack_from, _FIRST.unpack_from, *convs
+    )
+    return made
+
+
+@lru_cache(maxsize=256)
+def _compile_pick(cols: tuple[str, ...], get: bool) -> Pick:
+    """``row → {c: row[c] for c in cols}`` (``row.get(c)`` if ``get``), minus the comprehension's setup."""
+    items = ", ".join(f"{c!r}: row.get({c!r})" if get else f"{c!r}: row[{c!r}]" for c in cols)
+    pick: Pick = eval(f"lambda row: {{{items}}}", {"__builtins__": {}})  # names only through repr()
+    return pick
 
 
 class Decoder:
@@ -172,16 +261,23 @@ class Decoder:
                 f"table {table_id} no longer has key column(s) {', '.join(missing)} "
                 f"(source of pipeline {self.pipeline})"
             )
+        convs = tuple(self.converter(t).from_bytes for t in oids)
+        image, image_end = _compile(tuple(names), convs)
         self.relations[oid] = Relation(
             oid=oid,
             schema=schema,
             name=name,
             names=tuple(names),
             type_oids=tuple(oids),
-            convs=tuple(self.converter(t).from_bytes for t in oids),
+            convs=convs,
             ident=tuple(ident),
             key=key,
             captured=captured,
+            image=image,
+            image_end=image_end,
+            key_of=_compile_pick(key, False),
+            key_get=_compile_pick(key, True),
+            ident_of=_compile_pick(tuple(ident), False),
         )
 
     # -- row images -------------------------------------------------------------
@@ -262,19 +358,13 @@ class Decoder:
         self.seq = seq + 1
         if seq <= self.skip_seq or not rel.captured:
             return
-        row, _unchanged, _ = self._tuple(data, 6, rel)  # 'N' at 5
-        out.append(
-            Change(
-                {k: row[k] for k in rel.key},
-                ChangeEvent(
-                    after=row,
-                    source=self._source(rel, seq),
-                    op="c",
-                    ts_ms=now_us // 1000,
-                    ts_us=now_us,
-                ),
-            )
+        row = rel.image(data, 6)  # 'N' at 5
+        if row is None:
+            row = self._tuple(data, 6, rel)[0]
+        ev = ChangeEvent(
+            after=row, source=self._source(rel, seq), op="c", ts_ms=now_us // 1000, ts_us=now_us
         )
+        out.append(Change(rel.key_of(row), ev))
 
     def _update(self, data: bytes, out: list[Change], now_us: int) -> None:
         rel = self._rel(data)
@@ -282,13 +372,20 @@ class Decoder:
         old: Row | None = None
         kind = data[pos]
         if kind in (_K, _O):
-            old, _old_unchanged, pos = self._tuple(data, pos + 1, rel)
+            got = rel.image_end(data, 6)
+            if got is None:
+                old, _old_unchanged, pos = self._tuple(data, 6, rel)
+            else:
+                old, pos = got
             if kind == _K:
-                old = {c: old[c] for c in rel.ident}
+                old = rel.ident_of(old)
         if data[pos] != 78:  # 'N'
             raise DataError(f"malformed pgoutput update for {rel.schema}.{rel.name}")
-        row, unchanged, _ = self._tuple(data, pos + 1, rel)
-        key = {k: row.get(k) for k in rel.key}
+        unchanged: list[str] | None = None
+        row = rel.image(data, pos + 1)
+        if row is None:
+            row, unchanged, _ = self._tuple(data, pos + 1, rel)
+        key = rel.key_get(row)
         old_key = None if old is None else {k: old.get(k, key[k]) for k in rel.key}
         if old_key is not None and old_key != key:
             # The key changed: a delete of the old key and an insert of the new one,
@@ -339,10 +436,12 @@ class Decoder:
         if seq <= self.skip_seq or not rel.captured:
             return
         kind = data[5]
-        old, _unchanged, _ = self._tuple(data, 6, rel)
+        old = rel.image(data, 6)
+        if old is None:
+            old = self._tuple(data, 6, rel)[0]
         if kind == _K:
-            old = {c: old[c] for c in rel.ident}
-        key = {k: old.get(k) for k in rel.key}
+            old = rel.ident_of(old)
+        key = rel.key_get(old)
         ev = ChangeEvent(
             before=old, source=self._source(rel, seq), op="d", ts_ms=now_us // 1000, ts_us=now_us
         )
