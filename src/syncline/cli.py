@@ -16,6 +16,7 @@ import typer
 from syncline import __version__
 from syncline.config import Config, load_config
 from syncline.errors import ConfigError, SynclineError
+from syncline.gctune import tune_for_throughput
 
 if TYPE_CHECKING:
     from syncline.conflicts import Conflict, ConflictStore
@@ -68,6 +69,7 @@ def run(
         # table); once running, outages are retried instead.
         for p in runtime.pipelines:
             p.check()
+        tune_for_throughput()
         code = runtime.run(drain_timeout=drain_timeout)
     except SynclineError as exc:
         raise _fail(exc) from None
