@@ -311,7 +311,7 @@ def test_target_wins_under_a_concurrent_local_writer(
     s = open_sink(sinks, pg_target_dsn, {"strategy": "target_wins"})
     s.apply([ch(Op.CREATE, i) for i in range(n)], {})
     touched: dict[int, str] = {}
-    stop = threading.Event()
+    stop, wrote = threading.Event(), threading.Event()
 
     def local_writer() -> None:
         conn = psycopg2.connect(pg_target_dsn)
@@ -323,6 +323,7 @@ def test_target_wins_under_a_concurrent_local_writer(
                 i, k = rnd.randrange(n), k + 1
                 cur.execute("UPDATE items SET name = %s WHERE id = %s", (f"local{k}", i))
                 touched[i] = f"local{k}"
+                wrote.set()
         conn.close()
 
     t = threading.Thread(target=local_writer)
@@ -330,6 +331,8 @@ def test_target_wins_under_a_concurrent_local_writer(
     conflicts = 0
     try:
         for b in range(30):
+            wrote.wait(10)  # let local writes land between batches
+            wrote.clear()
             conflicts += s.apply([ch(Op.UPDATE, i, name=f"b{b}") for i in range(n)], {}).conflicts
     finally:
         stop.set()
@@ -555,7 +558,7 @@ def test_manual_under_a_concurrent_local_writer(
     s = open_sink(sinks, pg_target_dsn, {"strategy": "manual"})
     s.apply([ch(Op.CREATE, i) for i in range(n)], {})
     touched: dict[int, str] = {}
-    stop = threading.Event()
+    stop, wrote = threading.Event(), threading.Event()
 
     def local_writer() -> None:
         conn = psycopg2.connect(pg_target_dsn)
@@ -567,6 +570,7 @@ def test_manual_under_a_concurrent_local_writer(
                 i, k = rnd.randrange(n), k + 1
                 cur.execute("UPDATE items SET name = %s WHERE id = %s", (f"local{k}", i))
                 touched[i] = f"local{k}"
+                wrote.set()
         conn.close()
 
     t = threading.Thread(target=local_writer)
@@ -574,6 +578,8 @@ def test_manual_under_a_concurrent_local_writer(
     parked = 0
     try:
         for b in range(20):
+            wrote.wait(10)
+            wrote.clear()
             parked += s.apply([ch(Op.UPDATE, i, name=f"b{b}") for i in range(n)], {}).conflicts
     finally:
         stop.set()

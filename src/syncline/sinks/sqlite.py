@@ -2,18 +2,39 @@
 
 SQLite runs in-process, so a statement costs no round trip; what matters is one
 prepared statement per kind of operation and one fsync per batch (WAL mode,
-``synchronous=FULL``). Log positions are upserted in the same transaction.
+``synchronous=FULL``). Log positions are upserted in the same transaction. A table
+with a conflict rule is staged and merged with set statements instead (see
+"conflict rules" below and docs/conflicts.md).
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
 import os
 import sqlite3
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from syncline.config import SqliteSinkConfig
+import msgspec
+
+from syncline.config import ConflictConfig, SqliteSinkConfig
+from syncline.conflicts import (
+    Conflict,
+    ConflictNotFound,
+    KeyState,
+    Parked,
+    Resolver,
+    check_use,
+    key_text,
+    load_resolver,
+    log_conflict,
+    log_lost,
+    parked_changes,
+    prefilter,
+)
 from syncline.errors import (
     DataError,
     SchemaError,
@@ -21,21 +42,25 @@ from syncline.errors import (
     SynclineError,
     TransientError,
 )
-from syncline.events import Change, Row
+from syncline.events import Change, Row, encode_value
 from syncline.schema import TableSchema
 from syncline.sinks.base import ApplyResult, Sink
 from syncline.sinks.sql import (
+    Step,
     TableOps,
     TargetTable,
     Truncate,
     b64decode,
     check_target,
+    conflict_for,
     create_table_sql,
     fence_check,
     fold,
+    ignores_missing,
     missing_table,
     options_for,
     qi,
+    ql,
     row_columns,
     source_without_key,
     to_json,
@@ -94,6 +119,12 @@ class _Plan:
     partial_sql: dict[tuple[str, ...], tuple[str, tuple[tuple[str, Adapter], ...]]] = field(
         default_factory=dict
     )
+    target_columns: list[str] = field(default_factory=list)  # every column, in table order
+    rule: _Rule | None = None  # None: source_wins, the plain statements above
+    keys: _Keys | None = None  # for tables with a conflict block
+    delete_pairs: tuple[tuple[int, str, Adapter], ...] = ()  # what a staged delete carries
+    stage_ready: sqlite3.Connection | None = None  # the connection that has the temp tables
+    keys_ready: sqlite3.Connection | None = None
 
     def partial(self, unsent: set[str]) -> tuple[str, tuple[tuple[str, Adapter], ...]]:
         """``UPDATE`` of just the sent columns (cached per set of unsent columns)."""
@@ -112,7 +143,15 @@ class _Plan:
         return hit
 
 
-def _build_plan(target: TargetTable, columns: Sequence[str], lazy: bool) -> _Plan:
+def _build_plan(
+    target: TargetTable,
+    columns: Sequence[str],
+    lazy: bool,
+    n: int = 0,
+    mode: str | None = None,
+    version_column: str | None = None,
+    keyed: bool = False,
+) -> _Plan:
     name = qi(target.name)
     key = target.key
     pairs = tuple((c, adapter_for(target.columns[c])) for c in columns)
@@ -134,6 +173,290 @@ def _build_plan(target: TargetTable, columns: Sequence[str], lazy: bool) -> _Pla
         delete_sql=f"DELETE FROM {name} WHERE " + " AND ".join(f"{qi(k)} = ?" for k in key),
         truncate_sql=f"DELETE FROM {name}",
         lazy=lazy,
+        target_columns=list(target.columns),
+        rule=_rule_for(mode, n, target, columns, version_column) if mode else None,
+        keys=_keys_for(n, target) if keyed or mode else None,
+        delete_pairs=tuple(
+            (columns.index(c), c, adapter_for(target.columns[c]))
+            for c in dict.fromkeys([*key, *([version_column] if version_column else [])])
+        ),
+    )
+
+
+# ---- conflict rules ----------------------------------------------------------------------
+#
+# A table with a rule stages its folded rows in a temp table, marks the losers with one
+# set UPDATE (``_sl_ok = 0``), applies the rest with set statements and keeps the shadow
+# rows (_syncline_row_versions: lww versions and tombstones, the hash of each row as
+# syncline left it) in step. BEGIN IMMEDIATE makes the sink the only writer for the
+# transaction, so deciding before writing cannot race a local writer.
+
+SHADOW = "_syncline_row_versions"
+CONFLICTS = "_syncline_conflicts"
+CONFLICT_TABLES_DDL = (
+    f"CREATE TABLE IF NOT EXISTS {SHADOW} (tbl TEXT NOT NULL, key TEXT NOT NULL, version INTEGER, "
+    "hash TEXT, deleted INTEGER NOT NULL DEFAULT 0, updated_at REAL NOT NULL, "
+    "PRIMARY KEY (tbl, key))",
+    f"CREATE INDEX IF NOT EXISTS {SHADOW}_tombstones ON {SHADOW} (updated_at) WHERE deleted = 1",
+    f"CREATE TABLE IF NOT EXISTS {CONFLICTS} (id INTEGER PRIMARY KEY AUTOINCREMENT, "
+    "pipeline TEXT NOT NULL, tbl TEXT NOT NULL, source_table TEXT NOT NULL, key TEXT NOT NULL, "
+    "incoming TEXT NOT NULL, current TEXT, detected_at TEXT NOT NULL, "
+    "status TEXT NOT NULL DEFAULT 'open', resolution TEXT, resolved_at TEXT)",
+    f"CREATE INDEX IF NOT EXISTS {CONFLICTS}_open ON {CONFLICTS} (tbl, key) WHERE status = 'open'",
+)
+_NOW = "strftime('%Y-%m-%d %H:%M:%S', 'now')"
+_MIN = "-9223372036854775808"
+_SEP = "\x1f"  # separates the unsent column names staged for a partial row
+
+
+def _row_hash(*values: Any) -> str:
+    """md5 of a row's values (their Python repr: exact for ints, floats, text and blobs)."""
+    return hashlib.md5(repr(values).encode(), usedforsecurity=False).hexdigest()
+
+
+def _to_us(value: Any) -> int | None:
+    """An lww column's value as an integer: itself, or µs since the epoch for a timestamp."""
+    if value is None:
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return int(value)
+    if isinstance(value, str):
+        text = value.strip()
+        if text.lstrip("-").isdigit():
+            return int(text)
+        try:
+            when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            pass
+        else:
+            if when.tzinfo is None:
+                when = when.replace(tzinfo=dt.UTC)
+            delta = when - _EPOCH
+            return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
+    raise ValueError(f"{value!r:.40} is neither an integer nor an ISO timestamp")
+
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class _Rule:
+    """A conflict strategy's statements for one table (see the notes above)."""
+
+    mode: str  # lww_col | lww_ts | target_wins | force
+    stage: str
+    stage_ddl: str
+    stage_sql: str  # INSERT of one staged row
+    decide_sql: str  # marks losers; its row count is the number of conflicts
+    before_delete: tuple[str, ...]  # shadow statements that need the rows about to go
+    delete_sql: str
+    upsert_sql: str
+    partial_sql: str
+    after: tuple[str, ...]  # shadow statements after the writes
+    lost_sql: str  # a few losers with the target's row beside them, for the log
+    forget_sql: str  # after a truncate
+
+
+@dataclass(frozen=True, slots=True)
+class _Keys:
+    """The target's rows of a batch's keys: custom, manual and ``conflicts resolve``."""
+
+    table: str  # a temp table the keys are inserted into (with the key columns' affinity)
+    ddl: str
+    insert_sql: str
+    fetch_sql: str  # (exists, clean, live, open conflict, *the target's columns) per key
+    adopt_sql: tuple[str, str]  # ``--use current``: the row becomes syncline's (or is forgotten)
+
+
+def _keys_for(n: int, target: TargetTable) -> _Keys:
+    key = target.key
+    name = qi(target.name)
+    tb = ql(target.name)
+    keys = f'temp."_sl_keys_{n}"'
+    on = " AND ".join(f"t.{qi(k)} = k.{qi(k)}" for k in key)
+    kj = "json_object(" + ", ".join(f"{ql(k)}, k.{qi(k)}" for k in key) + ")"
+    tj = kj.replace("k.", "t.")
+    hf = f"_sl_hash({', '.join(f't.{qi(c)}' for c in target.columns)})"
+    return _Keys(
+        table=keys,
+        ddl=(
+            f"CREATE TEMP TABLE IF NOT EXISTS {keys.split('.', 1)[1]} (_sl_n INTEGER, "
+            + ", ".join(f"{qi(k)} {target.columns[k]}" for k in key)
+            + ", _sl_ck TEXT)"
+        ),
+        insert_sql=(
+            f"INSERT INTO {keys} (_sl_n, {', '.join(qi(k) for k in key)}, _sl_ck) "
+            f"VALUES ({', '.join('?' * (len(key) + 2))})"
+        ),
+        fetch_sql=(
+            f"SELECT t.{qi(key[0])} IS NOT NULL, {hf} IS r.hash AND r.deleted = 0, "
+            "r.key IS NOT NULL AND r.deleted = 0, "
+            f"EXISTS (SELECT 1 FROM {CONFLICTS} c WHERE c.tbl = {tb} AND c.key = k._sl_ck "
+            f"AND c.status = 'open'), {', '.join(f't.{qi(c)}' for c in target.columns)} "
+            f"FROM {keys} AS k LEFT JOIN {name} AS t ON {on} "
+            f"LEFT JOIN {SHADOW} AS r ON r.tbl = {tb} AND r.key = {kj} ORDER BY k._sl_n"
+        ),
+        adopt_sql=(
+            f"INSERT INTO {SHADOW} (tbl, key, version, hash, deleted, updated_at) "
+            f"SELECT {tb}, {tj}, NULL, {hf}, 0, :now FROM {keys} AS k JOIN {name} AS t ON {on} "
+            "WHERE true ON CONFLICT (tbl, key) DO UPDATE SET hash = excluded.hash, deleted = 0, "
+            "updated_at = excluded.updated_at",
+            f"DELETE FROM {SHADOW} WHERE tbl = {tb} AND key IN (SELECT {kj} FROM {keys} AS k "
+            f"WHERE NOT EXISTS (SELECT 1 FROM {name} AS t WHERE {on}))",
+        ),
+    )
+
+
+def _rule_for(
+    mode: str, n: int, target: TargetTable, columns: Sequence[str], version_column: str | None
+) -> _Rule:
+    key = target.key
+    name = qi(target.name)
+    tb = ql(target.name)
+    k0 = qi(key[0])
+    stage = f'temp."_sl_stage_{n}"'
+
+    def kj(x: str) -> str:
+        return "json_object(" + ", ".join(f"{ql(k)}, {x}.{qi(k)}" for k in key) + ")"
+
+    def on(a: str, b: str) -> str:
+        return " AND ".join(f"{a}.{qi(k)} = {b}.{qi(k)}" for k in key)
+
+    def hs(x: str) -> str:  # the synced columns: the tie-break
+        return f"_sl_hash({', '.join(f'{x}.{qi(c)}' for c in columns)})"
+
+    def hf(x: str) -> str:  # the whole row: local changes
+        return f"_sl_hash({', '.join(f'{x}.{qi(c)}' for c in target.columns)})"
+
+    def unsent(c: str) -> str:
+        return f"instr(s._sl_unsent, {ql(_SEP + c + _SEP)}) > 0"
+
+    non_key = [c for c in columns if c not in key]
+    cols = ", ".join(qi(c) for c in columns)
+    decl = ", ".join(f"{qi(c)} {target.columns[c]}" for c in columns)
+    has_t = f"t.{k0} IS NOT NULL"
+    remember = (  # shadow rows of what was just written: the hash of the row as it is now
+        f"INSERT INTO {SHADOW} (tbl, key, version, hash, deleted, updated_at) "
+        f"SELECT {tb}, {kj('t')}, {{version}}, {hf('t')}, 0, :now FROM {stage} AS s "
+        f"JOIN {name} AS t ON {on('t', 's')} WHERE s._sl_op IN ('u', 'p') AND s._sl_ok "
+        "ON CONFLICT (tbl, key) DO UPDATE SET version = excluded.version, hash = excluded.hash, "
+        "deleted = 0, updated_at = excluded.updated_at"
+    )
+    forget_deleted = (
+        f"DELETE FROM {SHADOW} WHERE tbl = {tb} AND key IN "
+        f"(SELECT {kj('s')} FROM {stage} AS s WHERE s._sl_op = 'd' AND s._sl_ok)"
+    )
+    before: tuple[str, ...] = ()
+    after: tuple[str, ...]
+    if mode == "lww_col":
+        assert version_column is not None
+
+        def vz(x: str) -> str:
+            return f"coalesce(_sl_ver({x}.{qi(version_column)}), {_MIN})"
+
+        def wins(n_: str) -> str:
+            return f"({vz(n_)} > {vz('t')} OR ({vz(n_)} = {vz('t')} AND {hs(n_)} >= {hs('t')}))"
+
+        v_s = f"_sl_ver(s.{qi(version_column)})"
+        timed = "INT" not in target.columns[version_column].upper()
+        # a delete without the column: commit time (timestamps) or the deleted row's version
+        vd = f"coalesce({v_s}, s._sl_ts)" if timed else f"coalesce({v_s}, {vz('t')})"
+        lose = {
+            "u": f"({has_t} AND NOT {wins('s')}) OR (t.{k0} IS NULL AND r.deleted = 1 "
+            f"AND r.version >= {vz('s')})",
+            "p": f"{has_t} AND NOT ({unsent(version_column)} OR {wins('s')})",
+            "d": f"{has_t} AND {vd} < {vz('t')}",
+        }
+        tomb_v = vd if timed else f"coalesce({v_s}, _sl_ver(t.{qi(version_column)}))"
+        before = (
+            f"INSERT INTO {SHADOW} (tbl, key, version, hash, deleted, updated_at) "
+            f"SELECT {tb}, {kj('s')}, {tomb_v}, NULL, 1, :now FROM {stage} AS s "
+            f"LEFT JOIN {name} AS t ON {on('t', 's')} WHERE s._sl_op = 'd' AND {tomb_v} IS NOT NULL "
+            "ON CONFLICT (tbl, key) DO UPDATE SET version = max(coalesce(version, excluded.version), "
+            "excluded.version), hash = NULL, deleted = 1, updated_at = excluded.updated_at",
+        )
+        after = ()
+    elif mode == "lww_ts":
+        known = "r.version IS NOT NULL"
+        lose = {
+            "u": f"{known} AND NOT (s._sl_ts > r.version OR (s._sl_ts = r.version AND r.deleted = 0 "
+            f"AND (t.{k0} IS NULL OR {hs('s')} >= {hs('t')})))",
+            "p": f"{known} AND s._sl_ts <= r.version",
+            "d": f"{has_t} AND {known} AND s._sl_ts < r.version",
+        }
+        after = (
+            remember.format(version="s._sl_ts"),
+            f"INSERT INTO {SHADOW} (tbl, key, version, hash, deleted, updated_at) "
+            f"SELECT {tb}, {kj('s')}, s._sl_ts, NULL, 1, :now FROM {stage} AS s WHERE s._sl_op = 'd' "
+            "ON CONFLICT (tbl, key) DO UPDATE SET version = excluded.version, hash = NULL, deleted = 1, "
+            "updated_at = excluded.updated_at WHERE version IS NULL OR excluded.version >= version",
+        )
+    elif mode in ("target_wins", "force"):
+        changed = f"(r.key IS NULL OR r.deleted = 1 OR {hf('t')} IS NOT r.hash)"
+        lose = {
+            "u": f"({has_t} AND {changed}) OR (t.{k0} IS NULL AND r.key IS NOT NULL AND r.deleted = 0)",
+            "d": f"{has_t} AND {changed}",
+        }
+        lose["p"] = lose["u"]
+        after = (remember.format(version="NULL"), forget_deleted)
+    else:  # pragma: no cover
+        raise ValueError(mode)
+    decide = (
+        ""
+        if mode == "force"
+        else (
+            f"UPDATE {stage} SET _sl_ok = 0 WHERE rowid IN (SELECT s.rowid FROM {stage} AS s "
+            f"LEFT JOIN {name} AS t ON {on('t', 's')} LEFT JOIN {SHADOW} AS r ON r.tbl = {tb} "
+            f"AND r.key = {kj('s')} WHERE CASE s._sl_op WHEN 'u' THEN {lose['u']} "
+            f"WHEN 'p' THEN {lose['p']} ELSE {lose['d']} END)"
+        )
+    )
+    key_cols = ", ".join(qi(k) for k in key)
+    psets = ", ".join(
+        f"{qi(c)} = CASE WHEN {unsent(c)} THEN {name}.{qi(c)} ELSE s.{qi(c)} END" for c in non_key
+    )
+    tcols = ", ".join(f"t.{qi(c)}" for c in target.columns)
+    return _Rule(
+        mode=mode,
+        stage=stage,
+        stage_ddl=(
+            f"CREATE TEMP TABLE IF NOT EXISTS {stage.split('.', 1)[1]} ({decl}, _sl_op TEXT, "
+            "_sl_unsent TEXT, _sl_ts INTEGER, _sl_ok INTEGER NOT NULL DEFAULT 1)"
+        ),
+        stage_sql=(
+            f"INSERT INTO {stage} ({cols}, _sl_op, _sl_unsent, _sl_ts) "
+            f"VALUES ({', '.join('?' * (len(columns) + 3))})"
+        ),
+        decide_sql=decide,
+        before_delete=before,
+        delete_sql=(
+            f"DELETE FROM {name} WHERE ({key_cols}) IN (SELECT {key_cols} FROM {stage} "
+            "WHERE _sl_op = 'd' AND _sl_ok)"
+        ),
+        upsert_sql=(
+            f"INSERT INTO {name} ({cols}) SELECT {cols} FROM {stage} WHERE _sl_op = 'u' AND _sl_ok "
+            f"ON CONFLICT ({key_cols}) "
+            + (
+                "DO UPDATE SET " + ", ".join(f"{qi(c)} = excluded.{qi(c)}" for c in non_key)
+                if non_key
+                else "DO NOTHING"
+            )
+        ),
+        partial_sql=(
+            f"UPDATE {name} SET {psets} FROM {stage} AS s WHERE s._sl_op = 'p' AND s._sl_ok "
+            f"AND {on('s', name)}"
+            if non_key
+            else ""
+        ),
+        after=after,
+        lost_sql=(
+            f"SELECT s._sl_op, {', '.join(f's.{qi(c)}' for c in columns)}, t.{k0} IS NOT NULL, "
+            f"{tcols} FROM {stage} AS s LEFT JOIN {name} AS t ON {on('t', 's')} "
+            "WHERE NOT s._sl_ok LIMIT 5"
+        ),
+        forget_sql=f"DELETE FROM {SHADOW} WHERE tbl = {tb}",
     )
 
 
@@ -159,11 +482,47 @@ class SqliteSink(Sink):
         self._busy_timeout = busy_timeout  # how long to wait for another writer's lock
         self._conn: sqlite3.Connection | None = None
         self._plans: dict[str, _Plan] = {}
+        self.conflicts_detected = 0  # changes that met a conflict since the sink started
+        self._force_plans: dict[str, _Plan] = {}  # ``conflicts resolve``: no rule, shadow kept
+        self._rules: dict[str, ConflictConfig | None] = {}  # by source table
+        rules = [o.conflict for o in config.tables.values() if o.conflict is not None]
+        self._prefilter = any(r.strategy in ("custom", "manual") for r in rules)
+        self._needs_shadow = any(r.strategy not in ("custom", "source_wins") for r in rules)
+        self._resolvers: dict[str, Resolver] = {
+            r.resolver: load_resolver(r.resolver, f"sink of pipeline {pipeline}")
+            for r in rules
+            if r.resolver
+        }
+        self._plan_seq = 0
+        self._next_purge = 0.0
+        self._udf_error: str | None = None  # why _sl_ver failed, for a readable DataError
         self._suppressing: sqlite3.Connection | None = None  # connection that saw SUPPRESS
 
     @property
     def where(self) -> str:
         return f"SQLite database {self._cfg.path} (sink of pipeline {self._pipeline})"
+
+    TOMBSTONE_RETENTION = 7 * 86400.0  # seconds an lww tombstone is kept
+    PURGE_INTERVAL = 3600.0  # seconds between opportunistic purges
+
+    def rule_of(self, table_id: str) -> ConflictConfig | None:
+        """The conflict rule of source ``table_id`` (None: source_wins)."""
+        if table_id not in self._rules:
+            self._rules[table_id] = conflict_for(self._cfg.tables, table_id)
+        return self._rules[table_id]
+
+    def _register(self, conn: sqlite3.Connection) -> None:
+        """SQL functions the conflict rules use: a row hash and lww column versions."""
+
+        def version(value: Any) -> int | None:
+            try:
+                return _to_us(value)
+            except ValueError as exc:
+                self._udf_error = f"lww column value {exc}"
+                raise
+
+        conn.create_function("_sl_hash", -1, _row_hash, deterministic=True)
+        conn.create_function("_sl_ver", 1, version, deterministic=True)
 
     def _connect(self) -> sqlite3.Connection:
         path = self._cfg.path
@@ -187,6 +546,7 @@ class SqliteSink(Sink):
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
             self._conn = self._connect()
+            self._register(self._conn)
         return self._conn
 
     def _rollback(self) -> None:
@@ -248,6 +608,9 @@ class SqliteSink(Sink):
     def prepare(self, schemas: Mapping[str, TableSchema]) -> None:
         conn = self._connection()
         try:
+            if self._needs_shadow or self._prefilter:
+                for ddl in CONFLICT_TABLES_DDL:
+                    conn.execute(ddl)
             for table_id, source in schemas.items():
                 if not source.key:
                     raise source_without_key(source, self.where)
@@ -259,16 +622,45 @@ class SqliteSink(Sink):
                     conn.execute(create_table_sql(qi(table), source, "sqlite"))
                     target = self._lookup(conn, table)
                     assert target is not None
-                check_target(source, target, self.where)
-                self._plans[table_id] = _build_plan(
-                    target, [c.name for c in source.columns], lazy=False
+                check_target(
+                    source, target, self.where, ignores_missing(self._cfg.tables, table_id)
                 )
+                cols = [c.name for c in source.columns if c.name in target.columns]
+                self._plans[table_id] = self._new_plan(table_id, target, cols, lazy=False)
         except sqlite3.Error as exc:
             raise _translate(exc, f"preparing target tables in {self.where}") from exc
 
-    def _plan(self, table_id: str, ops: TableOps | None) -> _Plan:
-        """The prepared plan, or one built from the target and the columns the rows carry."""
-        plan = self._plans.get(table_id)
+    def _new_plan(
+        self,
+        table_id: str,
+        target: TargetTable,
+        columns: list[str],
+        lazy: bool,
+        force: bool = False,
+    ) -> _Plan:
+        rule = self.rule_of(table_id)
+        mode = "force" if force else _mode(rule)
+        column = rule.column if rule is not None and mode == "lww_col" else None
+        if column is not None and column not in columns:
+            if column not in target.columns or not lazy:
+                raise SchemaError(
+                    f"conflict column {column} of table {table_id} is not among the columns "
+                    f"syncline writes to {target.name} in {self.where}; "
+                    "lww needs a column both tables have"
+                )
+            columns = [*columns, column]
+        self._plan_seq += 1
+        return _build_plan(
+            target, columns, lazy, self._plan_seq, mode, column, keyed=rule is not None
+        )
+
+    def _plan(self, table_id: str, ops: TableOps | None, force: bool = False) -> _Plan:
+        """The prepared plan, or one built from the target and the columns the rows carry.
+
+        ``force`` plans (``conflicts resolve``) apply without the table's rule.
+        """
+        plans = self._force_plans if force else self._plans
+        plan = plans.get(table_id)
         if plan is not None and (not plan.lazy or ops is None):
             return plan
         wanted = set(plan.columns) if plan is not None else set()
@@ -282,13 +674,14 @@ class SqliteSink(Sink):
         if not target.key:
             raise SchemaError(f"target table {target.name} in {self.where} has no primary key")
         unknown = sorted(wanted - set(target.columns))
-        if unknown:
+        if unknown and not ignores_missing(self._cfg.tables, table_id):
             raise SchemaError(
                 f"target table {target.name} in {self.where} lacks column(s) {', '.join(unknown)}"
             )
         wanted.update(target.key)
-        plan = _build_plan(target, [c for c in target.columns if c in wanted], lazy=True)
-        self._plans[table_id] = plan
+        columns = [c for c in target.columns if c in wanted]
+        plan = self._new_plan(table_id, target, columns, lazy=True, force=force)
+        plans[table_id] = plan
         return plan
 
     def check(self, schemas: Mapping[str, TableSchema] | None = None) -> list[str]:
@@ -310,7 +703,8 @@ class SqliteSink(Sink):
                     continue
                 source = (schemas or {}).get(table_id)
                 if source is not None:
-                    check_target(source, target, self.where)
+                    missing_ok = ignores_missing(self._cfg.tables, table_id)
+                    check_target(source, target, self.where, missing_ok)
                 elif not target.key:
                     raise SchemaError(f"target table {table} in {self.where} has no primary key")
                 notes.append(f"sink: {table_id} → {table} ok")
@@ -340,13 +734,23 @@ class SqliteSink(Sink):
                     (self._pipeline,),
                 ).fetchall(),
             )
+            if self._prefilter:
+                what = f"fetching the target rows of conflict-checked tables in {self.where}"
+                steps, result = self._prefiltered(conn, changes)
+            if self._needs_shadow:
+                self._maybe_purge(conn)
             for step in steps:
                 plan = self._plan(step.table_id, step if isinstance(step, TableOps) else None)
                 what = f"applying changes to {plan.target} in {self.where}"
                 if isinstance(step, Truncate):
                     conn.execute(plan.truncate_sql)
+                    if plan.rule is not None:
+                        conn.execute(plan.rule.forget_sql)
                 else:
-                    self._apply_ops(conn, plan, step)
+                    lost = self._apply_ops(conn, plan, step)
+                    if lost:
+                        result.applied -= lost
+                        result.conflicts += lost
             if positions:
                 what = f"storing positions in {self.where}"
                 conn.executemany(
@@ -361,6 +765,9 @@ class SqliteSink(Sink):
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             self._rollback()
+            udf_error, self._udf_error = self._udf_error, None
+            if udf_error:
+                raise DataError(f"{what}: {udf_error}") from exc
             raise _translate(exc, what) from exc
         except TransientError:
             self._rollback()
@@ -373,6 +780,7 @@ class SqliteSink(Sink):
             raise
         if self._expected is not None:
             self._expected.update(positions)
+        self.conflicts_detected += result.conflicts
         return result
 
     def _suppress(self, conn: sqlite3.Connection) -> str | None:
@@ -406,7 +814,10 @@ class SqliteSink(Sink):
                         return f"cannot write {col}={row.get(col)!r:.40} to {plan.target}: {err}"
         return f"a value does not fit its column: {exc}"
 
-    def _apply_ops(self, conn: sqlite3.Connection, plan: _Plan, ops: TableOps) -> None:
+    def _apply_ops(self, conn: sqlite3.Connection, plan: _Plan, ops: TableOps) -> int:
+        """Apply one table's folded rows; how many lost to the target's rows."""
+        if plan.rule is not None:
+            return self._apply_rule(conn, plan, plan.rule, ops)
         if ops.deletes:
             kp = plan.key_pairs
             conn.executemany(plan.delete_sql, [[a(k.get(c)) for c, a in kp] for k in ops.deletes])
@@ -422,8 +833,260 @@ class SqliteSink(Sink):
                     groups.setdefault(sql, (pairs_, []))[1].append(_values(row, pairs_))
             for sql, (_, rows) in groups.items():
                 conn.executemany(sql, rows)
+        return 0
+
+    # ---- conflict rules --------------------------------------------------------------
+
+    def _apply_rule(self, conn: sqlite3.Connection, plan: _Plan, rule: _Rule, ops: TableOps) -> int:
+        """Stage, mark the losers, write the rest; how many changes lost to the target."""
+        if plan.stage_ready is not conn:
+            conn.execute(rule.stage_ddl)
+            plan.stage_ready = conn
+        conn.execute(f"DELETE FROM {rule.stage}")
+        conn.executemany(rule.stage_sql, _staged(plan, ops))
+        lost = conn.execute(rule.decide_sql).rowcount if rule.decide_sql else 0
+        now = {"now": time.time()}
+        if ops.deletes:
+            for sql in rule.before_delete:
+                conn.execute(sql, now)
+            conn.execute(rule.delete_sql)
+        if ops.upserts:
+            conn.execute(rule.upsert_sql)
+        if ops.partials and rule.partial_sql:
+            conn.execute(rule.partial_sql)
+        for sql in rule.after:
+            conn.execute(sql, now)
+        if lost > 0:
+            self._log_lost(conn, plan, rule, lost)
+        return lost
+
+    _LOST_REASON = {
+        "lww_col": "it is older than the target's row (lww)",
+        "lww_ts": "it is older than syncline's last write of the row (lww)",
+        "target_wins": "the target's row was changed locally (target_wins)",
+    }
+
+    def _log_lost(self, conn: sqlite3.Connection, plan: _Plan, rule: _Rule, lost: int) -> None:
+        n = len(plan.columns)
+        names = plan.target_columns
+        key = [k for k, _ in plan.key_pairs]
+        reason = self._LOST_REASON.get(rule.mode, rule.mode)
+        for row in conn.execute(rule.lost_sql).fetchall():
+            incoming = dict(zip(plan.columns, row[1 : n + 1], strict=True))
+            current = dict(zip(names, row[n + 2 :], strict=True)) if row[n + 1] else None
+            what = "delete" if row[0] == "d" else "update"
+            log_conflict(
+                plan.target,
+                {k: incoming.get(k) for k in key},
+                f"kept the target's row ({what} lost: {reason})",
+                incoming,
+                current,
+            )
+        log_lost(plan.target, lost, reason)
+
+    def _prefiltered(
+        self, conn: sqlite3.Connection, changes: Sequence[Change]
+    ) -> tuple[list[Step], ApplyResult]:
+        """Custom and manual tables: decide change by change from the target's rows, then fold."""
+        rules: dict[str, ConflictConfig] = {}
+        for table_id in {c.event.table_id for c in changes}:
+            rule = self.rule_of(table_id)
+            if rule is not None and rule.strategy in ("custom", "manual"):
+                rules[table_id] = rule
+        if not rules:
+            return fold(changes)
+        out = prefilter(changes, rules, self._resolvers, lambda t, k: self._fetch(conn, t, k))
+        if out.parked:
+            self._park(conn, out.parked)
+        steps, result = fold(out.changes)
+        result.conflicts += out.conflicts
+        return steps, result
+
+    def _keys(self, conn: sqlite3.Connection, plan: _Plan, keys: list[Row]) -> _Keys:
+        """Fill the plan's temp key table with ``keys`` (numbered in order)."""
+        kt = plan.keys
+        assert kt is not None
+        if plan.keys_ready is not conn:
+            conn.execute(kt.ddl)
+            plan.keys_ready = conn
+        conn.execute(f"DELETE FROM {kt.table}")
+        conn.executemany(
+            kt.insert_sql,
+            [
+                [i, *(a(k.get(c)) for c, a in plan.key_pairs), key_text(k)]
+                for i, k in enumerate(keys)
+            ],
+        )
+        return kt
+
+    def _fetch(self, conn: sqlite3.Connection, table_id: str, keys: list[Row]) -> list[KeyState]:
+        """The target's rows of ``keys``, with what the shadow rows say about them."""
+        plan = self._plan(table_id, None)
+        kt = self._keys(conn, plan, keys)
+        names = plan.target_columns
+        out = []
+        for row in conn.execute(kt.fetch_sql):
+            current = dict(zip(names, row[4:], strict=True)) if row[0] else None
+            out.append(KeyState(current, bool(row[1]), bool(row[2]), bool(row[3])))
+        return out
+
+    def _park(self, conn: sqlite3.Connection, parked: list[Parked]) -> None:
+        conn.executemany(
+            f"INSERT INTO {CONFLICTS} (pipeline, tbl, source_table, key, incoming, current, "
+            f"detected_at) VALUES (?, ?, ?, ?, ?, ?, {_NOW})",
+            [
+                (
+                    self._pipeline,
+                    self._plan(p.table_id, None).target,
+                    p.table_id,
+                    key_text(p.key),
+                    encode_value(p.event).decode(),
+                    None if p.current is None else to_json(p.current),
+                )
+                for p in parked
+            ],
+        )
+
+    def _maybe_purge(self, conn: sqlite3.Connection) -> None:
+        """Drop tombstones older than the retention, at most once per interval."""
+        now = time.monotonic()
+        if now < self._next_purge:
+            return
+        self._next_purge = now + self.PURGE_INTERVAL
+        conn.execute(
+            f"DELETE FROM {SHADOW} WHERE deleted = 1 AND updated_at < ?",
+            (time.time() - self.TOMBSTONE_RETENTION,),
+        )
+
+    # ---- parked conflicts: what ``syncline conflicts`` calls ---------------------------
+
+    def _read_conflicts(self, where: str, args: Sequence[Any]) -> list[Conflict]:
+        if not os.path.exists(self._cfg.path):
+            raise StorageError(f"{self.where} does not exist; check the sink path")
+        try:
+            conn = self._connection()
+            found = conn.execute(
+                "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?", (CONFLICTS,)
+            ).fetchone()
+            if found is None:
+                return []
+            rows = conn.execute(
+                "SELECT id, pipeline, tbl, source_table, key, incoming, current, detected_at, "
+                f"status, resolution, resolved_at FROM {CONFLICTS} WHERE {where} ORDER BY id",
+                args,
+            ).fetchall()
+        except sqlite3.Error as exc:
+            raise _translate(exc, f"reading {CONFLICTS} in {self.where}") from exc
+        return [
+            Conflict(
+                id=r[0],
+                pipeline=r[1],
+                table=r[2],
+                source_table=r[3],
+                key=msgspec.json.decode(r[4]),
+                incoming=msgspec.json.decode(r[5]),
+                current=None if r[6] is None else msgspec.json.decode(r[6]),
+                detected_at=r[7],
+                status=r[8],
+                resolution=r[9],
+                resolved_at=r[10],
+            )
+            for r in rows
+        ]
+
+    def list_conflicts(
+        self, pipeline: str | None = None, include_resolved: bool = False
+    ) -> list[Conflict]:
+        return self._read_conflicts(
+            "(? IS NULL OR pipeline = ?) AND (? OR status = 'open')",
+            (pipeline, pipeline, include_resolved),
+        )
+
+    def get_conflict(self, conflict_id: int) -> Conflict | None:
+        found = self._read_conflicts("id = ?", (conflict_id,))
+        return found[0] if found else None
+
+    def resolve_conflict(self, conflict_id: int, use: str) -> list[int]:
+        """Apply the parked change (and the key's later ones) or keep the target's row."""
+        check_use(use)
+        found = self.get_conflict(conflict_id)
+        if found is None:
+            raise ConflictNotFound(
+                f"no conflict {conflict_id} in {self.where}; see syncline conflicts list"
+            )
+        conn = self._connection()
+        what = f"resolving conflict {conflict_id} in {self.where}"
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            row = conn.execute(
+                f"SELECT status, resolution FROM {CONFLICTS} WHERE id = ?", (conflict_id,)
+            ).fetchone()
+            if row is None or row[0] != "open":
+                raise ConflictNotFound(
+                    f"conflict {conflict_id} is already resolved ({row and row[1]}); nothing to do"
+                )
+            plan = self._plan(found.source_table, None, force=True)
+            ids = [conflict_id]
+            if use == "current":
+                self._keys(conn, plan, [found.key])
+                assert plan.keys is not None
+                adopt, forget = plan.keys.adopt_sql
+                conn.execute(adopt, {"now": time.time()})
+                conn.execute(forget)
+            else:
+                rows = conn.execute(
+                    f"SELECT id, key, incoming FROM {CONFLICTS} WHERE tbl = ? AND key = ? "
+                    "AND status = 'open' AND id >= ? ORDER BY id",
+                    (found.table, key_text(found.key), conflict_id),
+                ).fetchall()
+                parked = parked_changes([(i, msgspec.json.decode(k), inc) for i, k, inc in rows])
+                ids = [i for i, _ in parked]
+                steps, _ = fold([c for _, c in parked])
+                for step in steps:
+                    if isinstance(step, TableOps):
+                        self._apply_ops(conn, self._plan(step.table_id, step, force=True), step)
+            conn.executemany(
+                f"UPDATE {CONFLICTS} SET status = 'resolved', resolution = ?, resolved_at = {_NOW} "
+                "WHERE id = ?",
+                [(use if i == conflict_id else f"incoming (after #{conflict_id})", i) for i in ids],
+            )
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._rollback()
+            raise _translate(exc, what) from exc
+        except BaseException:
+            self._rollback()
+            raise
+        return ids
 
 
 def _values(row: Row, pairs: tuple[tuple[str, Adapter], ...]) -> list[Any]:
     g = row.get
     return [a(g(c)) for c, a in pairs]
+
+
+def _staged(plan: _Plan, ops: TableOps) -> list[list[Any]]:
+    """Stage rows for a table with a rule: columns, then op, unsent columns, commit time."""
+    rows: list[list[Any]] = []
+    width = len(plan.pairs)
+    for key, ts in zip(ops.deletes, ops.delete_ts, strict=True):
+        values: list[Any] = [None] * width
+        for i, c, a in plan.delete_pairs:
+            values[i] = a(key.get(c))
+        rows.append([*values, "d", None, ts])
+    pairs = plan.pairs
+    for row, ts in zip(ops.upserts, ops.upsert_ts, strict=True):
+        rows.append([*_values(row, pairs), "u", None, ts])
+    for (row, unchanged), ts in zip(ops.partials, ops.partial_ts, strict=True):
+        unsent = [c for c in plan.columns if c in unchanged or c not in row]
+        rows.append([*_values(row, pairs), "p", _SEP + _SEP.join(unsent) + _SEP, ts])
+    return rows
+
+
+def _mode(rule: ConflictConfig | None) -> str | None:
+    """The statements a table's rule runs (manual: target_wins for what it does not park)."""
+    if rule is None or rule.strategy == "custom":
+        return None
+    if rule.strategy == "lww":
+        return "lww_col" if rule.column else "lww_ts"
+    return "target_wins"
