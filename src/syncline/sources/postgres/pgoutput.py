@@ -91,30 +91,27 @@ def _compile(names: tuple[str, ...], convs: tuple[BytesConv, ...]) -> tuple[RowI
         return _no_fast_path, _no_fast_path
     body = ["    try:"]
     for i, conv in enumerate(convs):
-        value = (
-            "data[pos - ln:pos].decode()"
-            if conv is TEXT.from_bytes
-            else f"c{i}(data[pos - ln:pos])"
-        )
-        if (
-            i == 0
-        ):  # one unpack: column count, column 0 kind and length (a short all-NULL row fails it)
+        text = conv is TEXT.from_bytes
+        value = "data[pos - ln:pos].decode()" if text else f"c{i}(data[pos - ln:pos])"
+        if i == 0:
+            # One unpack reads the column count and column 0's kind and length; a short
+            # row of NULLs makes it fail, and the generic decoder takes that row.
             body += [
                 "      count, kind, ln = first(data, pos)",
                 f"      if count != {n}: return None",
             ]
-            head, size = [], 3  # bytes before column 0's value: count, kind, length
+            read_len, header = [], 3  # bytes before column 0's length: count, kind
         else:
-            head, size = ["        ln = unpack(data, pos + 1)[0]"], 1
             body.append("      kind = data[pos]")
+            read_len, header = ["        ln = unpack(data, pos + 1)[0]"], 1
         body += [
             "      if kind == 116:",
-            *head,
-            f"        pos += {size + 4} + ln",
+            *read_len,
+            f"        pos += {header + 4} + ln",
             f"        v{i} = {value}",
             "      elif kind == 110:",
             f"        v{i} = None",
-            f"        pos += {size}",
+            f"        pos += {header}",
             "      else: return None",
         ]
     body.append("    except Exception: return None")
