@@ -26,7 +26,7 @@ from syncline.factory import build_sink, build_source, build_transport
 from syncline.metrics import PipelineStats
 from syncline.retry import Backoff
 from syncline.schema import TableSchema
-from syncline.sinks.base import Sink
+from syncline.sinks.base import ApplyResult, Sink
 from syncline.sources.base import Source
 from syncline.transforms import build_chain
 from syncline.transports.base import Consumer, Producer, Record, Transport
@@ -320,11 +320,18 @@ class Pipeline:
             delivered = consumer.poll(max_events, wait)
             if not delivered:
                 continue
-            changes = [Change(decode_key(d.key), decode_value(d.value)) for d in delivered]
-            changes = self._chain.apply(changes)  # positions still come from `delivered`
-            for d in delivered:
-                positions[d.partition] = d.offset + 1
-            result = sink.apply(changes, positions)
+            decoded = [Change(decode_key(d.key), decode_value(d.value)) for d in delivered]
+            result = ApplyResult()
+            for start, end in origin_runs(decoded):
+                # one sink transaction per run, each storing the positions it reached, so a
+                # crash between two runs re-applies neither
+                changes = self._chain.apply(decoded[start:end])
+                for d in delivered[start:end]:  # filtered-out changes advance positions too
+                    positions[d.partition] = d.offset + 1
+                done = sink.apply(changes, positions)
+                result.applied += done.applied
+                result.skipped += done.skipped
+            changes = decoded
             done_us = now_us()
             self._applied_end = dict(positions)
             if time.monotonic() - last_commit >= GROUP_COMMIT_INTERVAL_S:
@@ -346,3 +353,26 @@ class Pipeline:
                 stats.state = "running"
                 stats.error = None
             backoff.reset()
+
+
+def origin_runs(changes: list[Change]) -> list[tuple[int, int]]:
+    """Split a batch into consecutive runs written under one replication origin.
+
+    A target transaction carries a single origin, and a forwarding node in a ring
+    receives changes that started on different nodes. Splitting here, in log order,
+    lets every run commit its own positions (exactly once across a crash between
+    runs) and keeps each key's order. Almost every batch is a single run.
+    """
+    if not changes:
+        return []
+    first = changes[0].event.source.origin
+    if all(c.event.source.origin == first for c in changes):
+        return [(0, len(changes))]
+    runs: list[tuple[int, int]] = []
+    start = 0
+    for i in range(1, len(changes)):
+        if changes[i].event.source.origin != changes[i - 1].event.source.origin:
+            runs.append((start, i))
+            start = i
+    runs.append((start, len(changes)))
+    return runs
