@@ -201,7 +201,7 @@ def test_lww_by_commit_time(pg_target_dsn: str, sinks: list[PostgresSink]) -> No
     assert items(pg_target_dsn) == [(1, "n1", 0), (2, "newer", 0)]
     versions = pg_rows(
         pg_target_dsn,
-        "SELECT key->>'id', version, deleted FROM syncline.row_versions ORDER BY 1",
+        "SELECT key->>'id', version, deleted_at IS NOT NULL FROM syncline.row_versions ORDER BY 1",
     )
     assert versions == [("1", T0 + 200, False), ("2", T0 + 300, False)]
     # Partial (unchanged TOAST) updates obey the same rule.
@@ -266,7 +266,7 @@ def test_tombstone_blocks_an_older_update(
 def test_old_tombstones_are_purged(pg_target_dsn: str, sinks: list[PostgresSink]) -> None:
     s = open_sink(sinks, pg_target_dsn, {"strategy": "lww"})
     s.apply([ch(Op.CREATE, 1, T0), ch(Op.DELETE, 2, T0)], {})
-    count = "SELECT count(*) FROM syncline.row_versions WHERE deleted"
+    count = "SELECT count(*) FROM syncline.row_versions WHERE deleted_at IS NOT NULL"
     assert pg_rows(pg_target_dsn, count) == [(1,)]
     s.apply([], {0: 1})  # within the purge interval: nothing happens
     assert pg_rows(pg_target_dsn, count) == [(1,)]

@@ -374,9 +374,9 @@ CONFLICT_TABLES_DDL = f"""
 CREATE SCHEMA IF NOT EXISTS syncline;
 CREATE TABLE IF NOT EXISTS {SHADOW} (
     tbl text NOT NULL, key jsonb NOT NULL, version bigint, hash text,
-    deleted boolean NOT NULL DEFAULT false, updated_at timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (tbl, key));
-CREATE INDEX IF NOT EXISTS row_versions_tombstones ON {SHADOW} (updated_at) WHERE deleted;
+    deleted_at timestamptz, PRIMARY KEY (tbl, key)) WITH (fillfactor = 80);
+CREATE INDEX IF NOT EXISTS row_versions_tombstones ON {SHADOW} (deleted_at)
+    WHERE deleted_at IS NOT NULL;
 CREATE TABLE IF NOT EXISTS {CONFLICTS} (
     id bigserial PRIMARY KEY, pipeline text NOT NULL, tbl text NOT NULL,
     source_table text NOT NULL, key jsonb NOT NULL, incoming jsonb NOT NULL, current jsonb,
@@ -432,7 +432,7 @@ def _rule(
         return f'md5(ROW({", ".join(f"{x}.{qi(c)}" for c in columns)})::text) COLLATE "C"'
 
     def rs(x: str) -> str:  # the hash syncline stored for a live row
-        return f"(SELECT r.hash FROM {SHADOW} r WHERE r.tbl = {tb} AND r.key = {kj(x)} AND NOT r.deleted)"
+        return f"(SELECT r.hash FROM {SHADOW} r WHERE r.tbl = {tb} AND r.key = {kj(x)} AND r.deleted_at IS NULL)"
 
     non_key = [c for c in columns if c not in key]
     cols = ", ".join(qi(c) for c in columns)
@@ -446,8 +446,8 @@ def _rule(
     found = f"(SELECT count(*) FROM {stage} s JOIN {tgt} t ON {on('t', 's')} WHERE s._sl_op = 'd')"
     lock = f"SELECT pg_advisory_xact_lock({lock_id(cat.table.name)})"
     remember = (  # shadow rows for what a CTE ``w`` wrote: key, hash
-        f"INSERT INTO {SHADOW} AS r (tbl, key, hash, deleted) SELECT {tb}, key, hash, false FROM w "
-        "ON CONFLICT (tbl, key) DO UPDATE SET hash = EXCLUDED.hash, deleted = false, updated_at = now()"
+        f"INSERT INTO {SHADOW} AS r (tbl, key, hash) SELECT {tb}, key, hash FROM w "
+        "ON CONFLICT (tbl, key) DO UPDATE SET hash = EXCLUDED.hash, deleted_at = NULL"
     )
     written = f"RETURNING {kj('t')} AS key, md5(t::text) AS hash"
 
@@ -498,16 +498,15 @@ def _rule(
         lock_sql = None
         delete_sql = deleted(  # deletes win ties; every delete leaves a tombstone
             f"{vd.replace('d.version', vz('t'))} >= {vz('t')}",
-            extra=f", tomb AS (INSERT INTO {SHADOW} AS r (tbl, key, version, deleted) "
-            f"SELECT {tb}, {kj('s')}, {vd}, true FROM {stage} AS s LEFT JOIN d ON d.key = {kj('s')} "
+            extra=f", tomb AS (INSERT INTO {SHADOW} AS r (tbl, key, version, deleted_at) "
+            f"SELECT {tb}, {kj('s')}, {vd}, now() FROM {stage} AS s LEFT JOIN d ON d.key = {kj('s')} "
             f"WHERE s._sl_op = 'd' AND {vd} IS NOT NULL ON CONFLICT (tbl, key) DO UPDATE SET "
-            "version = GREATEST(r.version, EXCLUDED.version), hash = NULL, deleted = true, "
-            "updated_at = now())",
+            "version = GREATEST(r.version, EXCLUDED.version), hash = NULL, deleted_at = now())",
             returning=f", {v('t')} AS version",
         )
         upsert_sql = upsert(
             f"WHERE s._sl_op = 'u' AND NOT EXISTS (SELECT 1 FROM {SHADOW} r WHERE r.tbl = {tb} "
-            f"AND r.key = {kj('s')} AND r.deleted AND r.version >= {vz('s')})",
+            f"AND r.key = {kj('s')} AND r.deleted_at IS NOT NULL AND r.version >= {vz('s')})",
             f" WHERE {wins('EXCLUDED')}",
         )
         partial_sql = partial(f"{ql(version_column)} = ANY(s._sl_unchanged) OR {wins('s')}")
@@ -516,9 +515,9 @@ def _rule(
         lock_sql = lock
         delete_sql = deleted("r.version IS NULL OR s._sl_ts >= r.version", shadow_join)
         tomb = (
-            f"INSERT INTO {SHADOW} AS r (tbl, key, version, deleted) SELECT {tb}, {kj('s')}, s._sl_ts, true "
+            f"INSERT INTO {SHADOW} AS r (tbl, key, version, deleted_at) SELECT {tb}, {kj('s')}, s._sl_ts, now() "
             f"FROM {stage} AS s WHERE s._sl_op = 'd' ON CONFLICT (tbl, key) DO UPDATE SET "
-            "version = EXCLUDED.version, hash = NULL, deleted = true, updated_at = now() "
+            "version = EXCLUDED.version, hash = NULL, deleted_at = now() "
             "WHERE r.version IS NULL OR EXCLUDED.version >= r.version"
         )
         keys_out = ", ".join(f"t.{qi(k)}" for k in key)
@@ -526,24 +525,24 @@ def _rule(
             "WITH w AS ("
             + upsert(
                 f"{shadow_join} LEFT JOIN {tgt} AS c ON {on('c', 's')} WHERE s._sl_op = 'u' AND "
-                "(r.version IS NULL OR s._sl_ts > r.version OR (s._sl_ts = r.version AND NOT r.deleted "
+                "(r.version IS NULL OR s._sl_ts > r.version OR (s._sl_ts = r.version AND r.deleted_at IS NULL "
                 f"AND (c.{k0} IS NULL OR {hs('s')} >= {hs('c')})))",
                 "",
                 f"RETURNING {keys_out}, md5(t::text) AS _sl_hash",
             )
-            + f") INSERT INTO {SHADOW} AS r (tbl, key, version, hash, deleted) "
-            f"SELECT {tb}, {kj('w')}, s._sl_ts, w._sl_hash, false FROM w JOIN {stage} AS s "
+            + f") INSERT INTO {SHADOW} AS r (tbl, key, version, hash) "
+            f"SELECT {tb}, {kj('w')}, s._sl_ts, w._sl_hash FROM w JOIN {stage} AS s "
             f"ON s._sl_op = 'u' AND {on('w', 's')} ON CONFLICT (tbl, key) DO UPDATE SET "
-            "version = EXCLUDED.version, hash = EXCLUDED.hash, deleted = false, updated_at = now()"
+            "version = EXCLUDED.version, hash = EXCLUDED.hash, deleted_at = NULL"
         )
         p = partial(
             "r.version IS NULL OR s._sl_ts > r.version",
             f"RETURNING {kj('t')} AS key, md5(t::text) AS hash, s._sl_ts AS version",
         ).replace(f"FROM {stage} AS s ", f"FROM {stage} AS s{shadow_join} ", 1)
         partial_sql = (
-            f"WITH w AS ({p}) INSERT INTO {SHADOW} AS r (tbl, key, version, hash, deleted) "
-            f"SELECT {tb}, key, version, hash, false FROM w ON CONFLICT (tbl, key) DO UPDATE SET "
-            "version = EXCLUDED.version, hash = EXCLUDED.hash, deleted = false, updated_at = now()"
+            f"WITH w AS ({p}) INSERT INTO {SHADOW} AS r (tbl, key, version, hash) "
+            f"SELECT {tb}, key, version, hash FROM w ON CONFLICT (tbl, key) DO UPDATE SET "
+            "version = EXCLUDED.version, hash = EXCLUDED.hash, deleted_at = NULL"
             if p
             else ""
         )
@@ -554,8 +553,10 @@ def _rule(
         gone = (  # syncline wrote the key but the row is gone: deleted locally, keep it so
             ""
             if force
-            else f" AND NOT EXISTS (SELECT 1 FROM {SHADOW} r WHERE r.tbl = {tb} AND r.key = {kj('s')} "
-            f"AND NOT r.deleted AND NOT EXISTS (SELECT 1 FROM {tgt} AS c WHERE {on('c', 's')}))"
+            # the target first: the shadow is looked at only for rows that are not there
+            else f" AND (EXISTS (SELECT 1 FROM {tgt} AS c WHERE {on('c', 's')}) OR NOT EXISTS "
+            f"(SELECT 1 FROM {SHADOW} r WHERE r.tbl = {tb} AND r.key = {kj('s')} "
+            "AND r.deleted_at IS NULL))"
         )
         upsert_sql = (
             "WITH w AS ("
@@ -578,9 +579,9 @@ def _rule(
     )
     adopt_sql = (
         f"WITH k AS (SELECT * FROM json_populate_record(NULL::{tgt}, %s::json)), "
-        f"a AS (INSERT INTO {SHADOW} AS r (tbl, key, hash, deleted) SELECT {tb}, {kj('t')}, "
-        f"md5(t::text), false FROM {tgt} AS t JOIN k ON {on('t', 'k')} ON CONFLICT (tbl, key) "
-        "DO UPDATE SET hash = EXCLUDED.hash, deleted = false, updated_at = now() RETURNING 1) "
+        f"a AS (INSERT INTO {SHADOW} AS r (tbl, key, hash) SELECT {tb}, {kj('t')}, "
+        f"md5(t::text) FROM {tgt} AS t JOIN k ON {on('t', 'k')} ON CONFLICT (tbl, key) "
+        "DO UPDATE SET hash = EXCLUDED.hash, deleted_at = NULL RETURNING 1) "
         f"DELETE FROM {SHADOW} AS r USING k WHERE r.tbl = {tb} AND r.key = {kj('k')} "
         "AND NOT EXISTS (SELECT 1 FROM a)"
     )
@@ -1230,7 +1231,8 @@ class PostgresSink(Sink):
             kj = "jsonb_build_object(" + ", ".join(f"{ql(k)}, k.{qi(k)}" for k in key) + ")"
             sql.insert(0, f"SELECT pg_advisory_xact_lock({lock_id(plan.target)})")
             cols += (
-                ", md5(t::text) = r.hash AND NOT r.deleted, r.key IS NOT NULL AND NOT r.deleted, "
+                ", md5(t::text) = r.hash AND r.deleted_at IS NULL, "
+                "r.key IS NOT NULL AND r.deleted_at IS NULL, "
                 f"EXISTS (SELECT 1 FROM {CONFLICTS} c WHERE c.tbl = {tb} AND c.key = a.e::jsonb "
                 "AND c.status = 'open')"
             )
@@ -1279,8 +1281,8 @@ class PostgresSink(Sink):
             return
         self._next_purge = now + self.PURGE_INTERVAL
         cur.execute(
-            f"DELETE FROM {SHADOW} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {SHADOW} WHERE deleted "
-            "AND updated_at < now() - make_interval(secs => %s) LIMIT 10000))",
+            f"DELETE FROM {SHADOW} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {SHADOW} "
+            "WHERE deleted_at < now() - make_interval(secs => %s) LIMIT 10000))",
             (self.TOMBSTONE_RETENTION,),
         )
 
