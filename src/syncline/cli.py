@@ -160,13 +160,6 @@ def _find(cfg: Config, conflict_id: int, pipeline: str | None) -> tuple[Conflict
     return hits[0]
 
 
-def _cell(value: Any, width: int = 40) -> str:
-    from syncline.conflicts import short
-
-    text = short(value, width)
-    return text
-
-
 @conflicts_app.command("list")
 def conflicts_list(
     config: ConfigArg,
@@ -176,7 +169,7 @@ def conflicts_list(
     ] = False,
 ) -> None:
     """List parked conflicts (open ones unless --all)."""
-    from syncline.conflicts import open_store
+    from syncline.conflicts import open_store, short
 
     rows: list[Conflict] = []
     try:
@@ -194,7 +187,8 @@ def conflicts_list(
         return
     header = ("ID", "PIPELINE", "TABLE", "KEY", "OP", "STATUS", "DETECTED")
     table = [header] + [
-        (str(c.id), c.pipeline, c.table, _cell(c.key), c.op, c.status, c.detected_at) for c in rows
+        (str(c.id), c.pipeline, c.table, short(c.key, 40), c.op, c.status, c.detected_at)
+        for c in rows
     ]
     widths = [max(len(r[i]) for r in table) for i in range(len(header))]
     for r in table:
@@ -257,10 +251,12 @@ def conflicts_resolve(
             store.close()
     except SynclineError as exc:
         raise _fail(exc) from None
-    later = (
-        f"; then applied later parked change(s) {', '.join(map(str, ids[1:]))}" if ids[1:] else ""
-    )
-    typer.echo(f"conflict {conflict_id} resolved: kept the {use} version{later}")
+    if use == "current":
+        typer.echo(f"conflict {conflict_id} resolved: kept the target's current row")
+        return
+    later = ", ".join(map(str, ids[1:]))
+    then = f"; then applied later parked change(s) {later}" if later else ""
+    typer.echo(f"conflict {conflict_id} resolved: applied the incoming change{then}")
 
 
 @app.command()
