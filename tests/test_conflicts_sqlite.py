@@ -423,6 +423,10 @@ def test_manual_parks_conflicts_and_the_cli_resolves_them(
     assert (r.applied, r.conflicts) == (2, 0)
     assert db.items() == [(1, "b1", 0), (2, "d2", 0), (3, "after", 0)]
     assert syncline("conflicts", "list", str(cfg)).stdout.strip() == "no open conflicts"
+    # A delete that agrees with a local delete, then a new row of that key: no conflict.
+    db.exec("DELETE FROM items WHERE id = 1")
+    r = s2.apply([ch(Op.DELETE, 1), ch(Op.CREATE, 1, name="new1")], {0: 13})
+    assert r.conflicts == 0 and db.items()[0] == (1, "new1", 0)
 
 
 def test_manual_under_a_concurrent_local_writer(db: Db, sinks: list[SqliteSink]) -> None:

@@ -121,6 +121,9 @@ class Prefiltered:
     parked: list[Parked] = field(default_factory=list)
     conflicts: int = 0  # changes parked, skipped or rewritten by a resolver
     dropped: int = 0  # changes not passed on (parked or skipped)
+    # manual: keys deleted locally whose incoming delete agrees; the sink forgets their
+    # shadow rows first, so a re-creation folded into the same batch is not a conflict
+    forget: dict[str, list[Row]] = field(default_factory=dict)
 
 
 Fetch = Callable[[str, list[Row]], list[KeyState]]
@@ -198,6 +201,8 @@ def prefilter(
         if rule.strategy == "manual":
             if slot not in seen:
                 seen.add(slot)
+                if state.row is None and state.live and not state.open and ev.op == Op.DELETE:
+                    out.forget.setdefault(table_id, []).append(ch.key)
                 if state.open or (table_id not in truncated and _locally_changed(state, ev.op)):
                     parked.add(slot)
                     out.parked.append(Parked(table_id, ch.key, ev, state.row, not state.open))

@@ -548,6 +548,11 @@ def test_manual_locally_deleted_row_and_delete_conflicts(
     assert parked == [('{"id": 1}', "u", None), ('{"id": 3}', "d", "l3")]
     assert s.resolve_conflict(2, "incoming") == [2]
     assert items(pg_target_dsn) == []
+    # A delete that agrees with a local delete, then a new row of that key: no conflict.
+    s.apply([ch(Op.CREATE, 5)], {})
+    pg_exec(pg_target_dsn, "DELETE FROM items WHERE id = 5")
+    r = s.apply([ch(Op.DELETE, 5), ch(Op.CREATE, 5, name="new5")], {})
+    assert r.conflicts == 0 and items(pg_target_dsn) == [(5, "new5", 0)]
 
 
 def test_manual_under_a_concurrent_local_writer(

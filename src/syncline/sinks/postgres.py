@@ -1209,6 +1209,8 @@ class PostgresSink(Sink):
         )
         if out.parked:
             self._park(cur, out.parked)
+        for table_id, keys in out.forget.items():
+            self._forget(cur, table_id, keys)
         steps, result = fold(out.changes)
         result.conflicts += out.conflicts
         return steps, result
@@ -1251,6 +1253,20 @@ class PostgresSink(Sink):
             else:
                 out.append(KeyState(current))
         return out
+
+    def _forget(self, cur: psycopg2.extensions.cursor, table_id: str, keys: list[Row]) -> None:
+        """Drop the shadow rows of ``keys`` (rows deleted on both sides)."""
+        plan = self._plan(cur, table_id, None)
+        kj = (
+            "jsonb_build_object("
+            + ", ".join(f"{ql(k)}, k.{qi(k)}" for _, k, _ in plan.key_pairs)
+            + ")"
+        )
+        cur.execute(
+            f"DELETE FROM {SHADOW} AS r USING json_populate_recordset(NULL::{plan.target_sql}, "
+            f"%s::json) AS k WHERE r.tbl = %s AND r.key = {kj}",
+            ("[" + ",".join(key_text(k) for k in keys) + "]", plan.target),
+        )
 
     def _park(self, cur: psycopg2.extensions.cursor, parked: list[Parked]) -> None:
         """Store parked changes with the target's row beside them (one statement)."""

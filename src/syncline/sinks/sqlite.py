@@ -268,6 +268,7 @@ class _Keys:
     insert_sql: str
     fetch_sql: str  # (exists, clean, live, open conflict, *the target's columns) per key
     adopt_sql: tuple[str, str]  # ``--use current``: the row becomes syncline's (or is forgotten)
+    forget_sql: str  # drop the shadow rows of the keys
 
 
 def _keys_for(n: int, target: TargetTable) -> _Keys:
@@ -306,6 +307,7 @@ def _keys_for(n: int, target: TargetTable) -> _Keys:
             f"DELETE FROM {SHADOW} WHERE tbl = {tb} AND key IN (SELECT {kj} FROM {keys} AS k "
             f"WHERE NOT EXISTS (SELECT 1 FROM {name} AS t WHERE {on}))",
         ),
+        forget_sql=f"DELETE FROM {SHADOW} WHERE tbl = {tb} AND key IN (SELECT {kj} FROM {keys} AS k)",
     )
 
 
@@ -898,6 +900,11 @@ class SqliteSink(Sink):
         out = prefilter(changes, rules, self._resolvers, lambda t, k: self._fetch(conn, t, k))
         if out.parked:
             self._park(conn, out.parked)
+        for table_id, keys in out.forget.items():
+            plan = self._plan(table_id, None)
+            assert plan.keys is not None
+            self._keys(conn, plan, keys)
+            conn.execute(plan.keys.forget_sql)
         steps, result = fold(out.changes)
         result.conflicts += out.conflicts
         return steps, result
