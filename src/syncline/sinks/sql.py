@@ -77,12 +77,6 @@ def _merge(after: Row, unchanged: list[str], prev: _State | None, ts: int) -> _S
     return (PARTIAL, row, missing, ts) if missing else (UPSERT, row, None, ts)
 
 
-def commit_us(change: Change) -> int:
-    """The source commit time of ``change`` in µs (``ts_us``, else ``ts_ms``)."""
-    src = change.event.source
-    return src.ts_us if src.ts_us is not None else src.ts_ms * 1000
-
-
 def fold(changes: Sequence[Change]) -> tuple[list[Step], ApplyResult]:
     """Reduce ``changes`` to ordered steps; a truncate splits its table's run."""
     steps: list[Step] = []
