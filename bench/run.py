@@ -119,6 +119,8 @@ class Syncline:
 
     label = "syncline (embedded log)"
 
+    extra = ""  # set by --transforms-lww
+
     def __init__(self, src: str, dst: str, table: str, tmp: Path) -> None:
         self.src = src
         cfg = tmp / f"{table}.yaml"
@@ -128,8 +130,8 @@ pipelines:
   - name: bench-{table}
     source: {{kind: postgres, dsn: "{src}", tables: [public.{table}], snapshot: never}}
     transport: {{kind: embedded, path: "{tmp / "log"}"}}
-    sink: {{kind: postgres, dsn: "{dst}"}}
-"""
+    sink: {{kind: postgres, dsn: "{dst}"{self.extra_sink(table)}}}
+{self.extra}"""
         )
         self.log = open(tmp / f"{table}.log", "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
@@ -152,6 +154,12 @@ pipelines:
             0.1,
         )
         time.sleep(0.5)  # let the apply side open the sink too
+
+    def extra_sink(self, table: str) -> str:
+        if not self.extra:
+            return ""
+        column = {"bulk": "created_at", "oltp": "written_at"}[table]
+        return f", tables: {{public.{table}: {{conflict: {{strategy: lww, column: {column}}}}}}}"
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -288,7 +296,20 @@ def main() -> None:
     ap.add_argument("--seconds", type=int, default=20)
     ap.add_argument("--only", choices=["bulk", "oltp"])
     ap.add_argument("--write", action="store_true", help="append the results to docs/benchmarks.md")
+    ap.add_argument(
+        "--transforms-lww",
+        action="store_true",
+        help="syncline runs a 3-step transform chain and LWW conflict resolution on the sink",
+    )
     args = ap.parse_args()
+    if args.transforms_lww:
+        Syncline.label = "syncline (transforms + LWW)"
+        Syncline.extra = (
+            "    transforms:\n"
+            "      - {type: filter, where: \"op != 't'\"}\n"
+            "      - {type: mask, tables: [public.bulk], fields: [note], method: hash}\n"
+            "      - {type: mask, tables: [public.oltp], fields: [payload], method: partial, keep_last: 4}\n"
+        )
 
     a, b = (
         start_postgres(durable=True, env_var="BENCH_SRC_DSN"),
@@ -329,8 +350,9 @@ def main() -> None:
 
 def render(out: dict[str, Result], args: argparse.Namespace) -> str:
     n, s = out[Native.label], out[Syncline.label]
+    variant = " — syncline with a transform chain (filter, mask) and LWW" if Syncline.extra else ""
     lines = [
-        f"### {dt.date.today().isoformat()} — {machine()}",
+        f"### {dt.date.today().isoformat()}{variant} — {machine()}",
         "",
         "| workload | native logical replication | syncline | syncline / native |",
         "| --- | --- | --- | --- |",
