@@ -78,7 +78,7 @@ def run(
 
 @app.command()
 def check(config: ConfigArg) -> None:
-    """Validate the config and connect to every source, log and sink (changes nothing)."""
+    """Validate the config and connect to every source, log and sink (creates only a missing log directory)."""
     from syncline.pipeline import Pipeline
 
     try:
