@@ -78,7 +78,7 @@ def run(
 
 @app.command()
 def check(config: ConfigArg) -> None:
-    """Validate the config and connect to every source, log and sink (creates only a missing log directory)."""
+    """Validate the config and connect to every source, log and sink (creates the embedded log if missing)."""
     from syncline.pipeline import Pipeline
 
     try:
