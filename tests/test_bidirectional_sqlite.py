@@ -202,19 +202,11 @@ def run_concurrently(pair: Pair, plans: dict[str, list[tuple[str, int]]], tick: 
     return sum(counts.values())
 
 
-LOCAL_DELETES = pytest.mark.xfail(
-    reason="lww keeps tombstones only for deletes syncline applies, not for deletes made "
-    "locally on a node, so an older write arriving after a local delete brings the row back "
-    "there (docs/bidirectional.md, limits)",
-    strict=False,
-)
-
-
 @pytest.mark.parametrize(
     "kinds",
     [
         pytest.param(["upsert"], id="upserts"),
-        pytest.param(["upsert", "upsert", "delete"], id="deletes", marks=LOCAL_DELETES),
+        pytest.param(["upsert", "upsert", "delete"], id="deletes"),
     ],
 )
 def test_concurrent_conflicting_writes_converge(

@@ -240,6 +240,70 @@ def test_tombstone_blocks_an_older_update(
     assert db.rows(tombstones) == [(0,)]
 
 
+@pytest.mark.parametrize("column", ["updated_at", "reserved"])
+def test_local_delete_leaves_a_tombstone(
+    tmp_path: Path, sinks: list[SqliteSink], column: str
+) -> None:
+    """A delete made on a node (not by syncline) blocks older writes arriving later, there
+    and on the other node alike; a newer write brings the row back on both."""
+    conflict = {"strategy": "lww", "column": column}
+    a, b = Db(tmp_path / "a.db"), Db(tmp_path / "b.db")
+    sa, sb = open_sink(sinks, a, conflict), open_sink(sinks, b, conflict)
+    for s in (sa, sb):
+        s.apply([ch(Op.CREATE, 1, at=T0 + 100_000, reserved=100)], {})
+    # concurrently: a bumps row 1 and deletes it; b updates it to an older version
+    a.exec(
+        f"UPDATE items SET updated_at = '{ts_text(T0 + 300_000)}', reserved = 300",
+        "DELETE FROM items WHERE id = 1",
+    )
+    b.exec(f"UPDATE items SET name = 'b', updated_at = '{ts_text(T0 + 200_000)}', reserved = 200")
+    version = T0 + 300_000 if column == "updated_at" else 300
+    tomb = "SELECT key, version, deleted FROM _syncline_row_versions"
+    # b's older update reaches a: blocked by the local tombstone
+    r = sa.apply([ch(Op.UPDATE, 1, name="b", at=T0 + 200_000, reserved=200)], {})
+    assert r.conflicts == 1 and a.items() == []
+    assert a.rows(tomb) == [('{"id":1}', version, 1)]
+    # a's update and delete reach b: the delete (before image) wins over b's older row
+    before = {"id": 1, "name": "n1", "reserved": 300, "updated_at": ts_text(T0 + 300_000)}
+    sb.apply([ch(Op.UPDATE, 1, at=T0 + 300_000, reserved=300), ch(Op.DELETE, 1, before=before)], {})
+    assert b.items() == [] and b.rows(tomb) == [('{"id":1}', version, 1)]
+    # a newer insert made on b comes back on a as well
+    b.exec(f"INSERT INTO items VALUES (1, 'new', 400, '{ts_text(T0 + 400_000)}', 'local-only')")
+    r = sa.apply([ch(Op.CREATE, 1, name="new", reserved=400, at=T0 + 400_000)], {})
+    assert r.conflicts == 0 and a.items() == b.items() == [(1, "new", 400)]
+    # deletes syncline applies are not recorded twice: the trigger skips its transactions
+    late = {"id": 1, "reserved": 500, "updated_at": ts_text(T0 + 500_000)}
+    sb.apply([ch(Op.DELETE, 1, before=late)], {})
+    want = T0 + 500_000 if column == "updated_at" else 500
+    assert b.rows(tomb) == [('{"id":1}', want, 1)]
+    assert b.rows("SELECT count(*) FROM _syncline_applying") == [(0,)]
+
+
+def test_local_delete_tombstone_by_commit_time(db: Db, sinks: list[SqliteSink]) -> None:
+    """Without a column a local delete's version is the local clock at the delete."""
+    s = open_sink(sinks, db, {"strategy": "lww"})
+    s.apply([ch(Op.CREATE, 1, T0)], {})
+    start = int(time.time() * 1e6)
+    db.exec("DELETE FROM items WHERE id = 1")
+    end = int(time.time() * 1e6)
+    assert s.apply([ch(Op.UPDATE, 1, start - 10**6, name="old")], {}).conflicts == 1
+    ((version,),) = db.rows("SELECT version FROM _syncline_row_versions WHERE deleted = 1")
+    assert start - 1000 <= version <= end + 1000
+    s.apply([ch(Op.UPDATE, 1, end + 10**6, name="new")], {})
+    assert db.items() == [(1, "new", 0)]
+    # a restart with a column replaces the trigger, keeping one
+    s2 = open_sink(sinks, db, {"strategy": "lww", "column": "reserved"}, ddl=None)
+    s2.apply([ch(Op.CREATE, 2, reserved=42)], {})
+    db.exec("DELETE FROM items WHERE id = 2")
+    s2.apply([], {})  # the next apply turns the raw value into the version
+    tomb = "SELECT version FROM _syncline_row_versions WHERE key = '{\"id\":2}'"
+    assert db.rows(tomb) == [(42,)]
+    trig = (
+        "SELECT count(*) FROM sqlite_schema WHERE type = 'trigger' AND name LIKE 'syncline_tomb%'"
+    )
+    assert db.rows(trig) == [(1,)]
+
+
 def test_lww_column_value_that_is_no_timestamp(db: Db, sinks: list[SqliteSink]) -> None:
     s = open_sink(sinks, db, {"strategy": "lww", "column": "updated_at"})
     s.apply([ch(Op.CREATE, 1, at=T0)], {0: 1})

@@ -263,6 +263,72 @@ def test_tombstone_blocks_an_older_update(
     assert items(pg_target_dsn) == [(1, "reborn", 0), (2, "n2", 0)]
 
 
+@pytest.mark.parametrize("column", ["updated_at", "reserved"])
+def test_local_delete_leaves_a_tombstone(
+    new_pg_db: Any, sinks: list[PostgresSink], column: str
+) -> None:
+    """A delete made on a node (not by syncline) blocks older writes arriving later, there
+    and on the other node alike; a newer write brings the row back on both."""
+    conflict = {"strategy": "lww", "column": column}
+    a, b = new_pg_db(), new_pg_db()
+    sa, sb = open_sink(sinks, a, conflict), open_sink(sinks, b, conflict)
+    for s in (sa, sb):
+        s.apply([ch(Op.CREATE, 1, at=T0 + 100_000, reserved=100)], {})
+    # concurrently: a bumps row 1 and deletes it; b updates it to an older version
+    at_a, at_b = (T0 + 300_000, 300), (T0 + 200_000, 200)
+    pg_exec(a, f"UPDATE items SET updated_at = '{ts_text(at_a[0])}', reserved = {at_a[1]}",
+            "DELETE FROM items WHERE id = 1")  # fmt: skip
+    pg_exec(
+        b, f"UPDATE items SET name = 'b', updated_at = '{ts_text(at_b[0])}', reserved = {at_b[1]}"
+    )
+    version = T0 + 300_000 if column == "updated_at" else 300
+    tomb = "SELECT key->>'id', version, deleted_at IS NOT NULL FROM syncline.row_versions"
+    assert pg_rows(a, tomb) == [("1", version, True)]
+    # b's older update reaches a: blocked by the local tombstone
+    r = sa.apply([ch(Op.UPDATE, 1, name="b", at=at_b[0], reserved=at_b[1])], {})
+    assert r.conflicts == 1 and items(a) == []
+    # a's update and delete reach b: the delete (before image) wins over b's older row
+    before = {"id": 1, "name": "n1", "reserved": at_a[1], "updated_at": ts_text(at_a[0])}
+    sb.apply([ch(Op.UPDATE, 1, at=at_a[0], reserved=at_a[1]), ch(Op.DELETE, 1, before=before)], {})
+    assert items(b) == [] and pg_rows(b, tomb) == [("1", version, True)]
+    # a newer insert made on b comes back on a as well
+    pg_exec(b, f"INSERT INTO items VALUES (1, 'new', 400, '{ts_text(T0 + 400_000)}')")
+    r = sa.apply([ch(Op.CREATE, 1, name="new", reserved=400, at=T0 + 400_000)], {})
+    assert r.conflicts == 0 and items(a) == items(b) == [(1, "new", 400)]
+    # deletes syncline applies are not recorded twice: the trigger skips its transactions
+    sb.apply(
+        [ch(Op.DELETE, 1, before={"id": 1, "reserved": 500, "updated_at": ts_text(T0 + 500_000)})],
+        {},
+    )
+    want_v = T0 + 500_000 if column == "updated_at" else 500
+    assert pg_rows(b, tomb) == [("1", want_v, True)]
+
+
+def test_local_delete_tombstone_by_commit_time(
+    pg_target_dsn: str, sinks: list[PostgresSink]
+) -> None:
+    """Without a column a local delete's version is the local clock at the delete."""
+    s = open_sink(sinks, pg_target_dsn, {"strategy": "lww"})
+    s.apply([ch(Op.CREATE, 1, T0)], {})
+    pg_exec(pg_target_dsn, "DELETE FROM items WHERE id = 1")
+    (now_us,) = pg_rows(pg_target_dsn, "SELECT (extract(epoch FROM now()) * 1000000)::bigint")[0]
+    ((version,),) = pg_rows(
+        pg_target_dsn, "SELECT version FROM syncline.row_versions WHERE deleted_at IS NOT NULL"
+    )
+    assert T0 < version <= now_us
+    assert s.apply([ch(Op.UPDATE, 1, version - 1, name="old")], {}).conflicts == 1
+    s.apply([ch(Op.UPDATE, 1, now_us + 10**6, name="new")], {})
+    assert items(pg_target_dsn) == [(1, "new", 0)]
+    # a restart with a column replaces the trigger's function, keeping one trigger
+    s2 = open_sink(sinks, pg_target_dsn, {"strategy": "lww", "column": "reserved"}, ddl=None)
+    s2.apply([ch(Op.CREATE, 2, reserved=42)], {})
+    pg_exec(pg_target_dsn, "DELETE FROM items WHERE id = 2")
+    tomb = "SELECT version FROM syncline.row_versions WHERE key->>'id' = '2'"
+    assert pg_rows(pg_target_dsn, tomb) == [(42,)]
+    trig = "SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'syncline_tombstone_%'"
+    assert pg_rows(pg_target_dsn, trig) == [(1,)]
+
+
 def test_old_tombstones_are_purged(pg_target_dsn: str, sinks: list[PostgresSink]) -> None:
     s = open_sink(sinks, pg_target_dsn, {"strategy": "lww"})
     s.apply([ch(Op.CREATE, 1, T0), ch(Op.DELETE, 2, T0)], {})

@@ -410,6 +410,55 @@ def _version(cat: _Catalog, column: str) -> Callable[[str], str]:
     )
 
 
+_CLOCK_US = "(extract(epoch FROM clock_timestamp()) * 1000000)::bigint"
+
+
+@dataclass(frozen=True, slots=True)
+class _Tombstone:
+    """The local-delete trigger of one lww table: its function and the trigger itself."""
+
+    func: str  # qualified, quoted name
+    body: str  # the function's source (prosrc), compared to skip needless DDL
+    trigger: str  # the trigger's name (unquoted)
+    create_trigger: str
+
+
+def tombstone_ddl(cat: _Catalog, mode: str, version_column: str | None) -> _Tombstone:
+    """An AFTER DELETE trigger on an lww table: tombstones for deletes made locally.
+
+    Deletes syncline applies leave their own tombstones and run with the session GUC
+    ``syncline.applying`` on, so the trigger skips them. The version is the one a
+    replicated delete of the same row gets (its column's value, else the clock for a
+    time column, none for an integer one), so both nodes decide the same way.
+    """
+    schema, _, table = cat.table.name.rpartition(".")
+    tgt = f"{qi(schema)}.{qi(table)}"
+    func = f"syncline.{qi(f'tombstone_{schema}_{table}')}"
+    key = ", ".join(f"{ql(k)}, OLD.{qi(k)}" for k in cat.table.key)
+    if mode == "lww_col":
+        assert version_column is not None
+        v = _version(cat, version_column)("OLD")
+        timed = cat.kinds[version_column][0] in _TIME_TYPES
+        version = f"coalesce({v}, {_CLOCK_US})" if timed else v
+    else:
+        version = _CLOCK_US
+    body = (
+        " BEGIN IF current_setting('syncline.applying', true) = 'on' THEN RETURN NULL; END IF; "
+        f"INSERT INTO {SHADOW} AS r (tbl, key, version, deleted_at) SELECT {ql(cat.table.name)}, "
+        f"jsonb_build_object({key}), x.v, now() FROM (SELECT {version} AS v) AS x "
+        "WHERE x.v IS NOT NULL ON CONFLICT (tbl, key) DO UPDATE SET "
+        "version = GREATEST(r.version, EXCLUDED.version), hash = NULL, deleted_at = now(); "
+        "RETURN NULL; END "
+    )
+    name = f"syncline_tombstone_{table}"
+    return _Tombstone(
+        func,
+        body,
+        name,
+        f"CREATE TRIGGER {qi(name)} AFTER DELETE ON {tgt} FOR EACH ROW EXECUTE FUNCTION {func}()",
+    )
+
+
 def _rule(
     mode: str,
     stage: str,
@@ -696,6 +745,10 @@ class PostgresSink(Sink):
         self._staged: set[str] = set()
         self._plan_seq = 0
         self._origins = SessionOrigin(self.where, self._user)  # used if config.origin is set
+        self._lww = any(r.strategy == "lww" for r in rules)
+        self._tombs: set[str] = set()  # target tables whose tombstone trigger is installed
+        if self._lww:  # marks the apply transaction, so the tombstone triggers skip it
+            self._fence_sql = "SET LOCAL syncline.applying = 'on'; " + self._fence_sql
 
     @property
     def where(self) -> str:
@@ -911,6 +964,7 @@ class PostgresSink(Sink):
                     cat = self._check_one(cur, table_id, source, self._cfg.create_tables)
                     cols = [c.name for c in source.columns if c.name in cat.table.columns]
                     self._plans[table_id] = self._new_plan(table_id, cat, cols, lazy=False)
+                    self._tombstones(cur, table_id, cat)
             conn.commit()
         except psycopg2.Error as exc:
             raise self._fail(exc, "preparing target tables") from exc
@@ -994,7 +1048,32 @@ class PostgresSink(Sink):
         columns = [c for c in cat.table.columns if c in wanted]
         plan = self._new_plan(table_id, cat, columns, lazy=True, force=force)
         plans[table_id] = plan
+        if not force:
+            self._tombstones(cur, table_id, cat)
         return plan
+
+    def _tombstones(self, cur: psycopg2.extensions.cursor, table_id: str, cat: _Catalog) -> None:
+        """Install the local-delete tombstone trigger of an lww table (once per sink)."""
+        rule = self.rule_of(table_id)
+        mode = _mode(rule)
+        if rule is None or mode not in ("lww_col", "lww_ts") or cat.table.name in self._tombs:
+            return
+        t = tombstone_ddl(cat, mode, rule.column)
+        cur.execute("SELECT prosrc FROM pg_proc WHERE oid = to_regprocedure(%s)", (f"{t.func}()",))
+        found = cur.fetchone()
+        if found is None or found[0] != t.body:  # replaced only when it changed: no lock
+            cur.execute(
+                f"CREATE OR REPLACE FUNCTION {t.func}() RETURNS trigger LANGUAGE plpgsql "
+                f"AS {ql(t.body)}"
+            )
+        schema, _, table = cat.table.name.rpartition(".")
+        cur.execute(
+            "SELECT 1 FROM pg_trigger WHERE tgrelid = to_regclass(%s) AND tgname = %s",
+            (f"{qi(schema)}.{qi(table)}", t.trigger),
+        )
+        if cur.fetchone() is None:
+            cur.execute(t.create_trigger)
+        self._tombs.add(cat.table.name)
 
     def check(self, schemas: Mapping[str, TableSchema] | None = None) -> list[str]:
         """Connect and check target tables (of ``schemas``, else the configured ones)."""

@@ -72,6 +72,8 @@ OFFSETS = "_syncline_offsets"
 # so a SQLite source on the target does not send syncline's own writes back.
 _SUPPRESS_ON = f"INSERT INTO {SUPPRESS} (origin) VALUES (?)"
 _SUPPRESS_OFF = f"DELETE FROM {SUPPRESS} WHERE origin = ?"
+_APPLYING_ON = "INSERT INTO _syncline_applying (pipeline) VALUES (?)"
+_APPLYING_OFF = "DELETE FROM _syncline_applying"
 Adapter = Callable[[Any], Any]
 _INFINITIES = {"Infinity": float("inf"), "-Infinity": float("-inf")}
 
@@ -204,9 +206,57 @@ CONFLICT_TABLES_DDL = (
     "status TEXT NOT NULL DEFAULT 'open', resolution TEXT, resolved_at TEXT)",
     f"CREATE INDEX IF NOT EXISTS {CONFLICTS}_open ON {CONFLICTS} (tbl, key) WHERE status = 'open'",
 )
+APPLYING = "_syncline_applying"  # holds a row inside the sink's apply transactions
+LOCAL_TOMBSTONES_DDL = (
+    f"CREATE TABLE IF NOT EXISTS {APPLYING} (pipeline TEXT)",
+    f"CREATE INDEX IF NOT EXISTS {SHADOW}_local ON {SHADOW} (deleted) WHERE deleted = 2",
+)
+# A local tombstone (deleted = 2) holds the deleted row's raw lww value in ``hash`` until the
+# sink's next apply turns it into a version with _to_us, the same rule a replicated delete
+# gets (a local writer's connection has no _sl_ver function).
+_SETTLE_LOCAL = (
+    f"UPDATE {SHADOW} SET version = max(coalesce(version, _sl_tomb(hash)), "
+    "coalesce(_sl_tomb(hash), version)), hash = NULL, deleted = 1 WHERE deleted = 2"
+)
+_CLOCK_US = "CAST((julianday('now') - 2440587.5) * 86400000000 AS INTEGER)"
 _NOW = "strftime('%Y-%m-%d %H:%M:%S', 'now')"
 _MIN = "-9223372036854775808"
 _SEP = "\x1f"  # separates the unsent column names staged for a partial row
+
+
+def tombstone_ddl(target: TargetTable, mode: str, version_column: str | None) -> str:
+    """An AFTER DELETE trigger on an lww table: tombstones for deletes made locally.
+
+    The sink's own deletes leave their own tombstones and run while _syncline_applying
+    holds a row, so the trigger skips them.
+    """
+    if mode == "lww_col":
+        assert version_column is not None
+        c = f"OLD.{qi(version_column)}"
+        raw = f"CASE typeof({c}) WHEN 'real' THEN CAST({c} AS INTEGER) ELSE {c} END"
+        if "INT" not in target.columns[version_column].upper():  # timed: NULL → the clock
+            raw = f"coalesce({raw}, {_CLOCK_US})"
+    else:
+        raw = _CLOCK_US
+    key = ", ".join(f"{ql(k)}, OLD.{qi(k)}" for k in target.key)
+    return (
+        f"CREATE TRIGGER {qi('syncline_tombstone_' + target.name)} AFTER DELETE ON "
+        f"{qi(target.name)} WHEN NOT EXISTS (SELECT 1 FROM {APPLYING}) BEGIN "
+        f"INSERT INTO {SHADOW} (tbl, key, version, hash, deleted, updated_at) "
+        f"SELECT {ql(target.name)}, json_object({key}), NULL, x.v, 2, "
+        "(julianday('now') - 2440587.5) * 86400.0 "
+        f"FROM (SELECT {raw} AS v) AS x WHERE x.v IS NOT NULL "
+        "ON CONFLICT (tbl, key) DO UPDATE SET hash = excluded.hash, deleted = 2, "
+        "updated_at = excluded.updated_at; END"
+    )
+
+
+def _lenient_us(value: Any) -> int | None:
+    """_to_us, or None for a value that is no version (a local tombstone then blocks nothing)."""
+    try:
+        return _to_us(value)
+    except ValueError:
+        return None
 
 
 def _row_hash(*values: Any) -> str:
@@ -499,6 +549,8 @@ class SqliteSink(Sink):
         self._next_purge = 0.0
         self._udf_error: str | None = None  # why _sl_ver failed, for a readable DataError
         self._suppressing: sqlite3.Connection | None = None  # connection that saw SUPPRESS
+        self._lww = any(r.strategy == "lww" for r in rules)
+        self._tombs: set[str] = set()  # target tables whose tombstone trigger is in place
 
     @property
     def where(self) -> str:
@@ -525,6 +577,7 @@ class SqliteSink(Sink):
 
         conn.create_function("_sl_hash", -1, _row_hash, deterministic=True)
         conn.create_function("_sl_ver", 1, version, deterministic=True)
+        conn.create_function("_sl_tomb", 1, _lenient_us, deterministic=True)
 
     def _connect(self) -> sqlite3.Connection:
         path = self._cfg.path
@@ -613,6 +666,9 @@ class SqliteSink(Sink):
             if self._needs_shadow or self._prefilter:
                 for ddl in CONFLICT_TABLES_DDL:
                     conn.execute(ddl)
+            if self._lww:
+                for ddl in LOCAL_TOMBSTONES_DDL:
+                    conn.execute(ddl)
             for table_id, source in schemas.items():
                 if not source.key:
                     raise source_without_key(source, self.where)
@@ -629,6 +685,7 @@ class SqliteSink(Sink):
                 )
                 cols = [c.name for c in source.columns if c.name in target.columns]
                 self._plans[table_id] = self._new_plan(table_id, target, cols, lazy=False)
+                self._tombstones(conn, table_id, target)
         except sqlite3.Error as exc:
             raise _translate(exc, f"preparing target tables in {self.where}") from exc
 
@@ -684,7 +741,27 @@ class SqliteSink(Sink):
         columns = [c for c in target.columns if c in wanted]
         plan = self._new_plan(table_id, target, columns, lazy=True, force=force)
         plans[table_id] = plan
+        if not force:
+            self._tombstones(self._connection(), table_id, target)
         return plan
+
+    def _tombstones(self, conn: sqlite3.Connection, table_id: str, target: TargetTable) -> None:
+        """Install (or bring up to date) the local-delete tombstone trigger of an lww table."""
+        rule = self.rule_of(table_id)
+        mode = _mode(rule)
+        if rule is None or mode not in ("lww_col", "lww_ts") or target.name in self._tombs:
+            return
+        ddl = tombstone_ddl(target, mode, rule.column)
+        name = "syncline_tombstone_" + target.name
+        found = conn.execute(
+            "SELECT sql FROM sqlite_schema WHERE type = 'trigger' AND name = ?", (name,)
+        ).fetchone()
+        if found is None or found[0] != ddl:
+            conn.execute("SAVEPOINT sl_tombstone")  # no moment without the trigger
+            conn.execute(f"DROP TRIGGER IF EXISTS {qi(name)}")
+            conn.execute(ddl)
+            conn.execute("RELEASE sl_tombstone")
+        self._tombs.add(target.name)
 
     def check(self, schemas: Mapping[str, TableSchema] | None = None) -> list[str]:
         """Check the database file and target tables without creating anything."""
@@ -741,6 +818,9 @@ class SqliteSink(Sink):
                 steps, result = self._prefiltered(conn, changes)
             if self._needs_shadow:
                 self._maybe_purge(conn)
+            if self._lww:
+                conn.execute(_APPLYING_ON, (self._pipeline,))
+                conn.execute(_SETTLE_LOCAL)
             for step in steps:
                 plan = self._plan(step.table_id, step if isinstance(step, TableOps) else None)
                 what = f"applying changes to {plan.target} in {self.where}"
@@ -764,6 +844,8 @@ class SqliteSink(Sink):
                 )
             if suppress:
                 conn.execute(_SUPPRESS_OFF, (suppress,))
+            if self._lww:
+                conn.execute(_APPLYING_OFF)
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             self._rollback()
