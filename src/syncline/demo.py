@@ -14,6 +14,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Literal
 
 from rich.console import Console
 from rich.live import Live
@@ -132,7 +133,14 @@ def _progress(pipe: Pipeline, gen: Generator, started: float) -> Table:
     return t
 
 
-def run_demo(seconds: float = 10.0, rate: int = 2000, workdir: Path | None = None) -> bool:
+def run_demo(
+    seconds: float = 10.0,
+    rate: int = 2000,
+    workdir: Path | None = None,
+    # at a few thousand changes/s one process is plenty, and the apply child's ~1 s
+    # start-up would otherwise show up as lag on the first changes
+    apply_in: Literal["process", "thread"] = "thread",
+) -> bool:
     console = Console()
     tmp = None
     if workdir is None:
@@ -157,6 +165,7 @@ def run_demo(seconds: float = 10.0, rate: int = 2000, workdir: Path | None = Non
             tables={"main.orders": TableOptions(target="orders_replica")},
             create_tables=True,
         ),
+        apply_in=apply_in,
     )
     # a fresh log each run: the demo databases are new too
     for old in (workdir / "log").glob("orders-to-inventory.*"):
