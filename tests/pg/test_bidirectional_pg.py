@@ -24,11 +24,12 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from e2e_helpers import pg_exec, pg_rows, wait_until
-from syncline.config import PipelineConfig
+from syncline.config import PipelineConfig, PostgresSinkConfig, PostgresSourceConfig
 from syncline.errors import AuthError
 from syncline.events import Change, ChangeEvent, SourceInfo
 from syncline.pipeline import Pipeline
 from syncline.sinks.postgres import PostgresSink
+from syncline.sources.postgres import PostgresSource
 from syncline.sources.postgres.origins import split_by_origin
 
 TABLE = (
@@ -423,22 +424,13 @@ def op_lists(kinds: list[str]) -> st.SearchStrategy[list[tuple[str, int]]]:
     return st.lists(st.tuples(st.sampled_from(kinds), st.integers(1, 6)), max_size=25)
 
 
-RING_DELETES = pytest.mark.xfail(
-    reason="a delete that finds no row on a middle node of a ring (its insert and delete "
-    "folded into one batch there) changes nothing, so nothing is forwarded to the next "
-    "node, which keeps its own concurrent older write (docs/bidirectional.md, limits)",
-    strict=False,
-)
-
-
 @pytest.mark.parametrize(
     ("nodes", "kinds"),
     [
         pytest.param(("a", "b"), ["upsert"], id="pair"),
         pytest.param(("a", "b", "c"), ["upsert"], id="ring"),
         pytest.param(("a", "b"), ["upsert", "upsert", "delete"], id="pair-deletes"),
-        pytest.param(("a", "b", "c"), ["upsert", "upsert", "delete"], id="ring-deletes",
-                     marks=RING_DELETES),
+        pytest.param(("a", "b", "c"), ["upsert", "upsert", "delete"], id="ring-deletes"),
     ],
 )  # fmt: skip
 def test_concurrent_conflicting_writes_converge(
@@ -472,6 +464,90 @@ def test_concurrent_conflicting_writes_converge(
         assert captured <= (len(nodes) - 1) * changed, (captured, changed)
 
     check()
+
+
+def _row_change(op: str, key: int, at: int, origin_: str | None = None) -> Change:
+    """A change of items row ``key`` with updated_at ``at``, as a PostgreSQL source emits it."""
+    src = SourceInfo(connector="postgresql", name="p", ts_ms=at, ts_us=at * 1000, db="d",
+                     schema="public", table="items", origin=origin_)  # fmt: skip
+    row = {"id": key, "val": f"v{at}", "updated_at": at}
+    ev = ChangeEvent(
+        before=row if op == "d" else None, after=None if op == "d" else row, source=src, op=op,
+        ts_ms=at,
+    )  # fmt: skip
+    return Change({"id": key}, ev)
+
+
+def _read(src: PostgresSource, n: int, seconds: float) -> list[Change]:
+    out: list[Change] = []
+    deadline = time.monotonic() + seconds
+    while len(out) < n and time.monotonic() < deadline:
+        batch = src.read(100, 0.2)
+        if batch is not None:
+            out.extend(batch.changes)
+            src.ack(batch.checkpoint)
+    return out
+
+
+def test_middle_node_forwards_a_delete_that_found_no_row(new_pg_db: Callable[[], str]) -> None:
+    """B gets k's insert and delete folded into one batch: nothing to delete, yet C must hear.
+
+    The sink sends the winning delete as a logical message; B's source turns it into a
+    delete event under the delete's origin, and C applies it with lww like any other.
+    """
+    b, c = new_pg_db(), new_pg_db()
+    for dsn in (b, c):
+        pg_exec(dsn, DDL)
+    # C's own concurrent writes: 1 older than the delete, 3 newer
+    pg_exec(c, "INSERT INTO items VALUES (1, 'c', 3), (3, 'c', 9)")
+
+    def source(dsn: str, skip: str) -> PostgresSource:
+        cfg = PostgresSourceConfig(kind="postgres", dsn=dsn, tables=["public.items"],
+                                   snapshot="never", skip_origins=[skip])  # fmt: skip
+        src = PostgresSource(cfg, f"sl_test_{uuid.uuid4().hex[:8]}")
+        src.open(None)
+        return src
+
+    def sink(dsn: str, x: str, y: str) -> PostgresSink:
+        cfg = PostgresSinkConfig(kind="postgres", dsn=dsn, origin=origin(x), tables=LWW)
+        s = PostgresSink(cfg, f"{x}-to-{y}")
+        s.open(f"{x}-to-{y}")
+        s.prepare(schemas)
+        return s
+
+    b_to_c, c_to_a = source(b, origin("c")), source(c, origin("a"))
+    schemas = b_to_c.describe()
+    into_b, into_c = sink(b, "a", "b"), sink(c, "b", "c")
+    try:
+        into_b.apply([_row_change("c", 2, 5)], {})
+        # keys 1, 3 and 4 inserted and deleted within one batch; 2's delete finds its row
+        folded = [_row_change(op, k, 5) for k in (1, 3, 4) for op in ("c", "d")]
+        into_b.apply([*folded, _row_change("d", 2, 5)], {})
+        assert pg_rows(b, SELECT) == []
+        got = _read(b_to_c, 5, 30)
+        ops = [(ch.event.op, ch.key["id"]) for ch in got]
+        assert ops[0] == ("c", 2)
+        assert sorted(ops[1:]) == [("d", 1), ("d", 2), ("d", 3), ("d", 4)]
+        assert _read(b_to_c, 1, 1.5) == []  # no second delete of 2 (it found its row)
+        gone = next(ch.event for ch in got if ch.key["id"] == 1)
+        assert gone.before == {"id": 1, "updated_at": 5}
+        assert (gone.source.schema, gone.source.table) == ("public", "items")
+        assert {ch.event.source.origin for ch in got} == {origin("a")}
+
+        into_c.apply(got, {})
+        # lww at C: the delete (5) beats C's row 1 (3), loses to row 3 (9)
+        assert pg_rows(c, SELECT) == [(3, "c", 9)]
+        # C applied A's deletes under A's origin, messages too: C→A stops them
+        assert _read(c_to_a, 1, 2) == []
+    finally:
+        for x in (b_to_c, c_to_a):
+            x.close()
+        for y in (into_b, into_c):
+            y.close()
+        for dsn in (b, c):
+            pg_exec(dsn, "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+                    "WHERE database = current_database()")  # fmt: skip
+            drop_origins(dsn)
 
 
 # ---- pieces --------------------------------------------------------------------------

@@ -75,6 +75,7 @@ from syncline.sinks.sql import (
     to_json,
 )
 from syncline.sources.postgres.origins import SessionOrigin, newest_ts_us, split_by_origin
+from syncline.sources.postgres.pgoutput import DELETE_MESSAGE
 
 OFFSETS = "syncline.syncline_offsets"
 _COPY_CHUNK = 1 << 20
@@ -470,6 +471,11 @@ def _rule(
     key = cat.table.key
     tb = ql(cat.table.name)
     k0 = qi(key[0])
+    # what a delete's staged row carries: its key and, for lww on a column, the version
+    delete_cols = [
+        *key,
+        *([version_column] if version_column and version_column not in key else []),
+    ]
 
     def kj(x: str) -> str:  # the key as jsonb: how shadow rows are found
         return "jsonb_build_object(" + ", ".join(f"{ql(k)}, {x}.{qi(k)}" for k in key) + ")"
@@ -515,11 +521,25 @@ def _rule(
             f"WHERE s._sl_op = 'p' AND {on('t', 's')} AND ({where}) {returning}"
         )
 
-    def deleted(cond: str, using: str = "", extra: str = "", returning: str = "") -> str:
+    def deleted(
+        cond: str, using: str = "", extra: str = "", returning: str = "", gone: str = ""
+    ) -> str:
+        # ``gone``: lww deletes that win but find no row here (their insert and delete were
+        # folded, or the row never came) still go on as a logical message, else the next
+        # node of a ring never hears of them. Every part of the statement sees the rows as
+        # they were before it, so a delete that does find its row sends no message.
+        emit = (
+            f", m AS (SELECT {_emit_delete(cat, delete_cols)} AS lsn FROM {stage} AS s{using} "
+            f"WHERE s._sl_op = 'd' AND NOT EXISTS (SELECT 1 FROM {tgt} AS c WHERE {on('c', 's')}) "
+            f"AND ({gone}))"
+            if gone
+            else ""
+        )
+        sent = ", (SELECT count(lsn) FROM m)" if gone else ", 0"
         return (
             f"WITH d AS (DELETE FROM {tgt} AS t USING {stage} AS s{using} WHERE s._sl_op = 'd' "
-            f"AND {on('t', 's')} AND ({cond}) RETURNING {kj('t')} AS key{returning}){extra} "
-            f"SELECT (SELECT count(*) FROM d), {found}"
+            f"AND {on('t', 's')} AND ({cond}) RETURNING {kj('t')} AS key{returning}){extra}{emit} "
+            f"SELECT (SELECT count(*) FROM d), {found}{sent}"
         )
 
     forget = (  # target_wins: shadow rows of keys deleted now or already gone
@@ -552,6 +572,7 @@ def _rule(
             f"WHERE s._sl_op = 'd' AND {vd} IS NOT NULL ON CONFLICT (tbl, key) DO UPDATE SET "
             "version = GREATEST(r.version, EXCLUDED.version), hash = NULL, deleted_at = now())",
             returning=f", {v('t')} AS version",
+            gone="true",
         )
         upsert_sql = upsert(
             f"WHERE s._sl_op = 'u' AND NOT EXISTS (SELECT 1 FROM {SHADOW} r WHERE r.tbl = {tb} "
@@ -562,7 +583,8 @@ def _rule(
     elif mode == "lww_ts":
         shadow_join = f" LEFT JOIN {SHADOW} AS r ON r.tbl = {tb} AND r.key = {kj('s')}"
         lock_sql = lock
-        delete_sql = deleted("r.version IS NULL OR s._sl_ts >= r.version", shadow_join)
+        newer = "r.version IS NULL OR s._sl_ts >= r.version"
+        delete_sql = deleted(newer, shadow_join, gone=newer)
         tomb = (
             f"INSERT INTO {SHADOW} AS r (tbl, key, version, deleted_at) SELECT {tb}, {kj('s')}, s._sl_ts, now() "
             f"FROM {stage} AS s WHERE s._sl_op = 'd' ON CONFLICT (tbl, key) DO UPDATE SET "
@@ -635,6 +657,21 @@ def _rule(
         "AND NOT EXISTS (SELECT 1 FROM a)"
     )
     return _Rule(mode, lock_sql, delete_sql, tomb, upsert_sql, partial_sql, lost_sql, adopt_sql)
+
+
+def _emit_delete(cat: _Catalog, cols: Sequence[str]) -> str:
+    """SQL emitting one transactional logical message for the staged delete ``s``.
+
+    It names the table and carries the delete's image as (column, type OID, text)
+    triples, so the source decodes the values exactly as it decodes a row.
+    """
+    schema, _, table = cat.table.name.partition(".")
+    image = ", ".join(
+        f"json_build_array({ql(c)}, pg_typeof(s.{qi(c)})::oid::bigint, s.{qi(c)}::text)"
+        for c in cols
+    )
+    body = f"json_build_object('s', {ql(schema)}, 't', {ql(table)}, 'b', json_build_array({image}))"
+    return f"pg_logical_emit_message(true, {ql(DELETE_MESSAGE)}, {body}::text)"
 
 
 def _unsent(columns: Sequence[str], row: Row, unchanged: list[str]) -> list[str]:

@@ -22,11 +22,25 @@ from functools import lru_cache
 from struct import Struct
 from typing import Any
 
+import msgspec
+
 from syncline.errors import DataError, SchemaError
 from syncline.events import Change, ChangeEvent, Row, SourceInfo
 from syncline.sources.postgres.values import TEXT, BytesConv, Converter
 
 PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01 in Unix microseconds
+DELETE_MESSAGE = "syncline.delete"  # logical message prefix of sinks/postgres.py
+
+
+class _DeleteMessage(msgspec.Struct):
+    """The body of a ``syncline.delete`` message: table, and (column, type OID, text) triples."""
+
+    s: str
+    t: str
+    b: list[tuple[str, int, str | None]]
+
+
+_message_decoder = msgspec.json.Decoder(_DeleteMessage)
 
 _U32 = Struct(">I")
 _I32 = Struct(">i")
@@ -201,7 +215,9 @@ class Decoder:
             self._origin(data)
         elif kind == 84:  # 'T'
             self._truncate(data, out, now_us)
-        # 'Y' (type) and 'M' (logical message) carry nothing we emit.
+        elif kind == 77:  # 'M': a logical message; syncline's sinks send unmatched deletes
+            self._message(data, out, now_us)
+        # 'Y' (type) carries nothing we emit.
 
     def _begin(self, data: bytes) -> None:
         lsn, ts, self.xid = _BEGIN.unpack_from(data, 1)
@@ -327,6 +343,9 @@ class Decoder:
         return rel
 
     def _source(self, rel: Relation, seq: int) -> SourceInfo:
+        return self._source_of(rel.schema, rel.name, seq)
+
+    def _source_of(self, schema: str, table: str, seq: int) -> SourceInfo:
         ts_us = self.ts_us
         return SourceInfo(
             connector="postgresql",
@@ -334,8 +353,8 @@ class Decoder:
             ts_ms=ts_us // 1000,
             ts_us=ts_us,
             db=self.db,
-            schema=rel.schema,
-            table=rel.name,
+            schema=schema,
+            table=table,
             txId=self.xid,
             lsn=self.commit_lsn,
             seq=seq,
@@ -443,6 +462,43 @@ class Decoder:
             before=old, source=self._source(rel, seq), op="d", ts_ms=now_us // 1000, ts_us=now_us
         )
         out.append(Change(key, ev))
+
+    def _message(self, data: bytes, out: list[Change], now_us: int) -> None:
+        """A delete a syncline sink applied here that found no row: forward it as one.
+
+        On a middle node of a ring such a delete changes nothing, so without the
+        message (sinks/postgres.py) the next node would never learn of it. It is a
+        transactional message inside the sink's transaction, so it is numbered,
+        skipped for its origin and checkpointed exactly like a row change.
+        """
+        if not data[1] & 1 or not self.in_txn:  # flags: 1 = transactional
+            return
+        prefix, pos = _cstr(data, 10)  # after the flags and the message's LSN
+        if prefix != DELETE_MESSAGE:
+            return
+        seq = self._next_seq()
+        if seq <= self.skip_seq:
+            return
+        (n,) = _I32.unpack_from(data, pos)
+        try:
+            msg = _message_decoder.decode(data[pos + 4 : pos + 4 + n])
+        except msgspec.DecodeError as exc:
+            raise DataError(f"malformed {DELETE_MESSAGE} message in {self.db}: {exc}") from exc
+        key_cols = self.keys.get(f"{msg.s}.{msg.t}")
+        if key_cols is None:
+            return  # a table this source does not capture
+        before: Row = {
+            col: None if text is None else self.converter(oid).from_bytes(text.encode())
+            for col, oid, text in msg.b
+        }
+        ev = ChangeEvent(
+            before=before,
+            source=self._source_of(msg.s, msg.t, seq),
+            op="d",
+            ts_ms=now_us // 1000,
+            ts_us=now_us,
+        )
+        out.append(Change({k: before.get(k) for k in key_cols}, ev))
 
     def _truncate(self, data: bytes, out: list[Change], now_us: int) -> None:
         nrels, _options = _TRUNC.unpack_from(data, 1)

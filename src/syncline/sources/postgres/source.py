@@ -265,7 +265,7 @@ class PostgresSource(Source):
                 slot_name=self.slot,
                 decode=False,
                 start_lsn=start_lsn,
-                options={"proto_version": "1", "publication_names": self.publication},
+                options=self._options(),
                 status_interval=max(1.0, self.config.status_interval),  # psycopg2's minimum
             )
         except psycopg2.Error as exc:
@@ -273,6 +273,13 @@ class PostgresSource(Source):
         self._streaming = True
         self._sent_flush = 0
         self._last_data_start = 0
+
+    def _options(self) -> dict[str, str]:
+        """pgoutput options; logical messages (PostgreSQL 14+) carry syncline sinks' unmatched deletes."""
+        options = {"proto_version": "1", "publication_names": self.publication}
+        if self._repl is not None and self._repl.server_version >= 140000:
+            options["messages"] = "true"
+        return options
 
     def read(self, max_changes: int, timeout: float) -> CaptureBatch | None:
         if self._snapshot is not None:
