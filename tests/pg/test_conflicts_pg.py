@@ -16,7 +16,7 @@ from typing import Any
 import psycopg2
 import pytest
 
-from e2e_helpers import syncline
+from e2e_helpers import pg_exec, pg_rows, syncline
 from syncline.config import PostgresSinkConfig, parse_config
 from syncline.errors import ConfigError, DataError, SchemaError
 from syncline.events import Change, ChangeEvent, Op, SourceInfo
@@ -82,27 +82,6 @@ def ch(
         unchanged=unchanged,
     )
     return Change({"id": i}, ev)
-
-
-def pg_exec(dsn: str, *sql: str) -> None:
-    conn = psycopg2.connect(dsn)
-    conn.autocommit = True
-    try:
-        with conn.cursor() as cur:
-            for s in sql:
-                cur.execute(s)
-    finally:
-        conn.close()
-
-
-def pg_rows(dsn: str, sql: str) -> list[tuple[Any, ...]]:
-    conn = psycopg2.connect(dsn)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(sql)
-            return list(cur.fetchall())
-    finally:
-        conn.close()
 
 
 def items(dsn: str, cols: str = "id, name, reserved") -> list[tuple[Any, ...]]:
