@@ -220,7 +220,7 @@ def test_schema_time_refusal_stops_the_pipeline_with_one_line(
     )
 
 
-def test_runtime_expression_error_fails_the_pipeline_naming_the_row(
+def test_runtime_expression_error_dead_letters_the_row_or_fails_the_pipeline(
     tmp_path: Path, running: list[Pipeline]
 ) -> None:
     src = tmp_path / "src.db"
@@ -235,7 +235,25 @@ def test_runtime_expression_error_fails_the_pipeline_naming_the_row(
         {"kind": "sqlite", "path": str(tmp_path / "dst.db")},
         [{"type": "compute", "fields": {"double": {"expr": "qty * 2", "type": "INTEGER"}}}],
     )
-    pipe = start(running, cfg)
+    # with the dead-letter queue (the default) the bad row is set aside, the rest flows
+    pipe = start(
+        running, cfg.model_copy(update={"dlq": cfg.dlq.model_copy(update={"max_attempts": 1})})
+    )
+    assert wait_until(lambda: pipe.stats.dead_lettered == 1 and pipe.stats.applied == 1, 30)
+    assert pipe.failure is None
+    assert sqlite_rows(tmp_path / "dst.db", "SELECT id, double FROM orders") == [(1, 4)]
+    pipe.stop(drain=False)
+
+    # without it, the pipeline stops naming the row
+    cfg = pipeline_config(
+        tmp_path / "again",
+        {"kind": "sqlite", "path": str(src), "tables": ["orders"]},
+        {"kind": "sqlite", "path": str(tmp_path / "dst2.db")},
+        [{"type": "compute", "fields": {"double": {"expr": "qty * 2", "type": "INTEGER"}}}],
+    )
+    pipe = start(
+        running, cfg.model_copy(update={"dlq": cfg.dlq.model_copy(update={"enabled": False})})
+    )
     assert pipe.wait(30)
     assert isinstance(pipe.failure, DataError)
     assert str(pipe.failure).startswith(

@@ -1,4 +1,4 @@
-"""Command line: ``syncline run|check|demo|conflicts``.
+"""Command line: ``syncline run|check|demo|conflicts|dlq``.
 
 Exit codes: 0 ok, 1 runtime failure, 2 usage or configuration error. A user
 error prints one line on stderr, never a traceback.
@@ -257,6 +257,15 @@ def conflicts_resolve(
     later = ", ".join(map(str, ids[1:]))
     then = f"; then applied later parked change(s) {later}" if later else ""
     typer.echo(f"conflict {conflict_id} resolved: applied the incoming change{then}")
+
+
+def _register_dlq() -> None:
+    from syncline.cli_dlq import dlq_app
+
+    app.add_typer(dlq_app, name="dlq")
+
+
+_register_dlq()
 
 
 @app.command()

@@ -159,6 +159,41 @@ class BatchConfig(_Model):
     max_wait_ms: int = Field(default=20, ge=0, le=60_000)
 
 
+class RetryConfig(_Model):
+    """Backoff for transient failures (connection lost, deadlock, target down).
+
+    ``max_attempts: null`` retries forever: an outage must never drop data, the
+    pipeline only reports itself degraded meanwhile.
+    """
+
+    initial_delay_ms: int = Field(default=100, ge=1, le=600_000)
+    max_delay_ms: int = Field(default=30_000, ge=1, le=3_600_000)
+    max_attempts: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> RetryConfig:
+        if self.max_delay_ms < self.initial_delay_ms:
+            raise ValueError("max_delay_ms must not be below initial_delay_ms")
+        return self
+
+
+class DeadLetterConfig(_Model):
+    """Where events that cannot be applied go, instead of stopping the pipeline.
+
+    A permanent failure (constraint violation, type mismatch, undecodable event,
+    transform error) is retried ``max_attempts`` times, then the event is stored
+    in the pipeline's dead-letter queue. Later events of its key are held behind it
+    (``on_blocked_key: hold``, keeps per-key order) or applied anyway (``skip``).
+    ``enabled: false`` stops the pipeline on the first permanent failure instead.
+    """
+
+    enabled: bool = True
+    # directory of the <pipeline>.dlq.db file; default: the embedded log's directory
+    path: str | None = None
+    max_attempts: int = Field(default=3, ge=1, le=100)
+    on_blocked_key: Literal["hold", "skip"] = "hold"
+
+
 class PipelineConfig(_Model):
     name: str = Field(pattern=_NAME)
     source: SourceConfig
@@ -167,6 +202,12 @@ class PipelineConfig(_Model):
     sink: SinkConfig
     batch: BatchConfig = Field(default_factory=BatchConfig)
     apply_in: Literal["process", "thread"] = "process"  # process: capture and apply in parallel
+    retry: RetryConfig = Field(default_factory=RetryConfig)
+    dlq: DeadLetterConfig = Field(default_factory=DeadLetterConfig)
+
+    @property
+    def dlq_dir(self) -> str:
+        return self.dlq.path or getattr(self.transport, "path", None) or "./.syncline"
 
     @field_validator("transport", mode="before")
     @classmethod

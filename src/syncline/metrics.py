@@ -32,6 +32,10 @@ class PipelineStats:
     skipped: int = 0
     batches: int = 0
     retries: int = 0
+    dead_lettered: int = 0  # events stored in the dead-letter queue after failing
+    held: int = 0  # later events of a dead-lettered key, stored behind it
+    replayed: int = 0  # dead-letter entries applied by a replay
+    dlq_open: int = 0  # entries in the queue not yet replayed (gauge)
     snapshot_rows: int = 0
     snapshot_total: int | None = None
     source_checkpoint: dict[str, object] = field(default_factory=dict)

@@ -7,7 +7,9 @@ The two workers share nothing but the log, so either can restart (or, later, run
 in another process) without the other noticing. Transient failures are retried
 with backoff forever, reopening the failed side from durable state: the capture
 side from the log's checkpoint, the apply side from the sink's stored positions.
-A permanent failure stops the pipeline with its one-line reason.
+A permanent failure of one event sends it to the dead-letter queue (see
+dispatcher.py); any other permanent failure stops the pipeline with its one-line
+reason.
 """
 
 from __future__ import annotations
@@ -20,13 +22,15 @@ from collections.abc import Callable
 from typing import Any
 
 from syncline.config import PipelineConfig
+from syncline.dispatcher import Dispatcher, origin_runs
+from syncline.dlq import DeadLetterStore
 from syncline.errors import PermanentError, SynclineError, TransientError
-from syncline.events import Change, decode_key, decode_value, encode_key, encode_value, now_us
+from syncline.events import encode_key, encode_value, now_us
 from syncline.factory import build_sink, build_source, build_transport
 from syncline.metrics import PipelineStats
 from syncline.retry import Backoff
 from syncline.schema import TableSchema
-from syncline.sinks.base import ApplyResult, Sink
+from syncline.sinks.base import Sink
 from syncline.sources.base import Source
 from syncline.transforms import build_chain
 from syncline.transports.base import Consumer, Producer, Record, Transport
@@ -159,7 +163,16 @@ class Pipeline:
         self._stop_capture.set()
         self._stop_apply.set()
 
+    def _backoff(self) -> Backoff:
+        r = self.cfg.retry
+        return Backoff(base=r.initial_delay_ms / 1000.0, cap=r.max_delay_ms / 1000.0)
+
     def _degraded(self, side: str, exc: SynclineError, backoff: Backoff) -> float:
+        limit = self.cfg.retry.max_attempts
+        if limit is not None and backoff.attempt >= limit:
+            raise PermanentError(
+                f"{side}: gave up after {limit} attempts (retry.max_attempts): {exc}"
+            )
         self.stats.state = "degraded"
         self.stats.error = f"{side}: {exc}"
         self.stats.retries += 1
@@ -170,7 +183,7 @@ class Pipeline:
     # ---- capture ---------------------------------------------------------------------
 
     def _capture_loop(self) -> None:
-        backoff = Backoff()
+        backoff = self._backoff()
         while not self._stop_capture.is_set():
             source: Source | None = None
             producer: Producer | None = None
@@ -235,11 +248,19 @@ class Pipeline:
         while not self._schemas_ready.wait(0.1):
             if self._stop_apply.is_set():
                 return
-        backoff = Backoff()
+        backoff = self._backoff()
         stats = self.stats
         while not self._stop_apply.is_set():
             child = ApplyProcess(self.cfg, self._schemas or {})
-            base = (stats.applied, stats.skipped, stats.batches, stats.retries)
+            base = (
+                stats.applied,
+                stats.skipped,
+                stats.batches,
+                stats.retries,
+                stats.dead_lettered,
+                stats.held,
+                stats.replayed,
+            )
             try:
                 while not self._stop_apply.is_set():
                     report = child.next_report(0.2)
@@ -258,12 +279,16 @@ class Pipeline:
                 if self._stop_apply.wait(self._degraded("apply", exc, backoff)):
                     break
 
-    def _absorb(self, report: dict[str, Any], base: tuple[int, int, int, int]) -> None:
+    def _absorb(self, report: dict[str, Any], base: tuple[int, ...]) -> None:
         stats = self.stats
         stats.applied = base[0] + report["applied"]
         stats.skipped = base[1] + report["skipped"]
         stats.batches = base[2] + report["batches"]
         stats.retries = base[3] + report["retries"]
+        stats.dead_lettered = base[4] + report["dead_lettered"]
+        stats.held = base[5] + report["held"]
+        stats.replayed = base[6] + report["replayed"]
+        stats.dlq_open = report["dlq_open"]
         self._applied_end = report["applied_end"]
         if report["latencies"]:
             stats.record_latencies(report["latencies"])
@@ -276,10 +301,11 @@ class Pipeline:
     # ---- apply -----------------------------------------------------------------------
 
     def _apply_loop(self) -> None:
-        backoff = Backoff()
+        backoff = self._backoff()
         while not self._stop_apply.is_set():
             sink: Sink | None = None
             consumer: Consumer | None = None
+            store: DeadLetterStore | None = None
             try:
                 while not self._schemas_ready.wait(0.1):
                     if self._stop_apply.is_set():
@@ -287,52 +313,50 @@ class Pipeline:
                 sink = self._sink_factory()
                 sink.open(self.name)
                 sink.prepare(self._chain.schemas(self._schemas or {}))
+                if self.cfg.dlq.enabled:
+                    store = DeadLetterStore(self.cfg.dlq_dir, self.name)
+                dispatcher = Dispatcher(
+                    self.cfg, sink, self._chain, self.stats, store, self._stop_apply
+                )
                 consumer = self.transport.consumer(self.name)
-                self._apply(sink, consumer, backoff)
+                self._apply(dispatcher, consumer, backoff)
             except TransientError as exc:
                 if self._stop_apply.wait(self._degraded("apply", exc, backoff)):
                     break
             finally:
                 if consumer is not None:
                     consumer.close()
+                if store is not None:
+                    store.close()
                 if sink is not None:
                     sink.close()
 
-    def _apply(self, sink: Sink, consumer: Consumer, backoff: Backoff) -> None:
-        positions = sink.positions()
+    def _apply(self, dispatcher: Dispatcher, consumer: Consumer, backoff: Backoff) -> None:
+        positions = dispatcher.open()
         consumer.seek(positions)
         self._applied_end = dict(positions)
         try:
-            self._apply_until_stopped(sink, consumer, positions, backoff)
+            self._apply_until_stopped(dispatcher, consumer, backoff)
         finally:
             if self._applied_end:
                 with contextlib.suppress(SynclineError):
                     consumer.commit(self._applied_end)
 
     def _apply_until_stopped(
-        self, sink: Sink, consumer: Consumer, positions: dict[int, int], backoff: Backoff
+        self, dispatcher: Dispatcher, consumer: Consumer, backoff: Backoff
     ) -> None:
         max_events = self.cfg.batch.max_events
         wait = max(self.cfg.batch.max_wait_ms / 1000.0, 0.005)
         stats = self.stats
         last_commit = time.monotonic()
         while not self._stop_apply.is_set():
+            dispatcher.maintain()
             delivered = consumer.poll(max_events, wait)
             if not delivered:
                 continue
-            decoded = [Change(decode_key(d.key), decode_value(d.value)) for d in delivered]
-            result = ApplyResult()
-            for start, end in origin_runs(decoded):
-                # one sink transaction per run, each storing the positions it reached, so a
-                # crash between two runs re-applies neither
-                changes = self._chain.apply(decoded[start:end])
-                for d in delivered[start:end]:  # filtered-out changes advance positions too
-                    positions[d.partition] = d.offset + 1
-                done = sink.apply(changes, positions)
-                result.applied += done.applied
-                result.skipped += done.skipped
-            changes = decoded
+            result = dispatcher.apply(delivered)
             done_us = now_us()
+            positions = dispatcher.positions
             self._applied_end = dict(positions)
             if time.monotonic() - last_commit >= GROUP_COMMIT_INTERVAL_S:
                 # Advisory (the sink holds the authoritative offsets), so it is batched:
@@ -345,7 +369,7 @@ class Pipeline:
             stats.record_latencies(
                 [
                     (done_us - (c.event.source.ts_us or c.event.source.ts_ms * 1000)) / 1000.0
-                    for c in changes
+                    for c in dispatcher.last_batch
                     if c.event.op != "r"
                 ]
             )
@@ -355,24 +379,4 @@ class Pipeline:
             backoff.reset()
 
 
-def origin_runs(changes: list[Change]) -> list[tuple[int, int]]:
-    """Split a batch into consecutive runs written under one replication origin.
-
-    A target transaction carries a single origin, and a forwarding node in a ring
-    receives changes that started on different nodes. Splitting here, in log order,
-    lets every run commit its own positions (exactly once across a crash between
-    runs) and keeps each key's order. Almost every batch is a single run.
-    """
-    if not changes:
-        return []
-    first = changes[0].event.source.origin
-    if all(c.event.source.origin == first for c in changes):
-        return [(0, len(changes))]
-    runs: list[tuple[int, int]] = []
-    start = 0
-    for i in range(1, len(changes)):
-        if changes[i].event.source.origin != changes[i - 1].event.source.origin:
-            runs.append((start, i))
-            start = i
-    runs.append((start, len(changes)))
-    return runs
+__all__ = ["Pipeline", "origin_runs"]

@@ -19,6 +19,11 @@ from dataclasses import dataclass
 from syncline.events import Change
 from syncline.schema import TableSchema
 
+# A pseudo-partition in the stored positions: the sequence number of the last
+# dead-letter replay, stored with the replayed rows so a crash never repeats one.
+# (Partition -1 is the PostgreSQL sink's fence row.)
+REPLAY_MARK = -2
+
 
 @dataclass(slots=True)
 class ApplyResult:

@@ -935,7 +935,7 @@ class PostgresSink(Sink):
         try:
             with conn.cursor() as cur:
                 cur.execute(
-                    f"SELECT partition, next_offset FROM {OFFSETS} WHERE pipeline = %s AND partition >= 0",
+                    f"SELECT partition, next_offset FROM {OFFSETS} WHERE pipeline = %s AND partition <> -1",
                     (self._pipeline,),
                 )
                 out = {int(p): int(o) for p, o in cur.fetchall()}

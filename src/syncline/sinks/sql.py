@@ -344,7 +344,7 @@ def fence_check(
     check runs inside the apply transaction, after locking the positions, so the
     loser rolls back, re-reads the positions and resumes from there.
     """
-    stored = {int(p): int(o) for p, o in rows if int(p) >= 0}
+    stored = {int(p): int(o) for p, o in rows if int(p) != -1}  # -1: the fence row
     if expected is not None and stored != dict(expected):
         raise TransientError(
             f"the positions of pipeline {pipeline} in the target moved under this process "
