@@ -89,7 +89,10 @@ def status_line(p: Pipeline) -> str:
         return f"{p.name} snapshot: {s.snapshot_rows:,}{total} rows read, applied={s.applied:,}"
     p50, p99 = s.latency_percentiles(50, 99)
     error = f" ({s.error})" if s.error else ""
+    dlq = ""
+    if s.dead_lettered or s.dlq_open:
+        dlq = f" dead_lettered={s.dead_lettered:,} held={s.held:,} dlq_open={s.dlq_open:,}"
     return (
         f"{p.name} {s.state}{error}: captured={s.captured:,} applied={s.applied:,} "
-        f"lag_p50={p50:.1f}ms lag_p99={p99:.1f}ms"
+        f"lag_p50={p50:.1f}ms lag_p99={p99:.1f}ms{dlq}"
     )
