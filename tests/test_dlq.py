@@ -423,3 +423,25 @@ def test_transient_failures_give_up_only_when_configured(
     assert str(pipe.failure).startswith("capture: gave up after 3 attempts (retry.max_attempts)")
     assert pipe.stats.retries == 3
     assert "secret" not in str(pipe.failure)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_bisection_isolates_exactly_the_bad_events(
+    tmp_path: Path, pipes: list[Pipeline], seed: int
+) -> None:
+    import random
+
+    rng = random.Random(seed)
+    bad = set(rng.sample(range(1, 301), rng.randint(1, 12)))
+    src, dst = tmp_path / "src.db", tmp_path / "dst.db"
+    ddl = "CREATE TABLE orders (id INTEGER PRIMARY KEY, qty INTEGER NOT NULL)"
+    sql(src, ddl)
+    sql(dst, ddl, GUARD.format(op="INSERT"), GUARD.format(op="UPDATE"))
+    pipe = start(pipes, write_config(tmp_path, max_attempts=1))
+    values = ", ".join(f"({i}, {-i if i in bad else i})" for i in range(1, 301))
+    sql(src, f"INSERT INTO orders VALUES {values}")
+    assert wait_until(lambda: caught_up(pipe) and pipe.stats.dead_lettered == len(bad), 30)
+    assert rows(dst) == [(i, i) for i in range(1, 301) if i not in bad]
+    store = DeadLetterStore(str(tmp_path / "log"), "shop")
+    assert sorted(int(e.key_text[6:-1]) for e in store.entries()) == sorted(bad)
+    store.close()

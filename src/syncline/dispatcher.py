@@ -48,22 +48,32 @@ class _Item:
 
 
 class _Positions:
-    """Positions reached after any prefix of a batch, in O(partitions · log n)."""
+    """Positions reached after any prefix of a batch (indexed only when bisecting)."""
 
     def __init__(self, base: dict[int, int], delivered: Sequence[Delivered]) -> None:
         self.base = base
-        self._index: dict[int, list[int]] = {}
-        self._offset: dict[int, list[int]] = {}
-        for i, d in enumerate(delivered):
-            self._index.setdefault(d.partition, []).append(i)
-            self._offset.setdefault(d.partition, []).append(d.offset)
+        self._delivered = delivered
+        self._full: dict[int, int] | None = None
+        self._index: dict[int, tuple[list[int], list[int]]] | None = None
 
     def upto(self, last: int) -> dict[int, int]:
+        if last == len(self._delivered) - 1:
+            if self._full is None:
+                self._full = dict(self.base)
+                for d in self._delivered:
+                    self._full[d.partition] = d.offset + 1
+            return dict(self._full)
+        if self._index is None:
+            self._index = {}
+            for i, d in enumerate(self._delivered):
+                idx, off = self._index.setdefault(d.partition, ([], []))
+                idx.append(i)
+                off.append(d.offset)
         out = dict(self.base)
-        for p, idx in self._index.items():
+        for p, (idx, off) in self._index.items():
             k = bisect.bisect_right(idx, last)
             if k:
-                out[p] = self._offset[p][k - 1] + 1
+                out[p] = off[k - 1] + 1
         return out
 
 
