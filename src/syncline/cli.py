@@ -1,4 +1,4 @@
-"""Command line: ``syncline run|check|demo|conflicts``.
+"""Command line: ``syncline run|check|demo|conflicts|slots``.
 
 Exit codes: 0 ok, 1 runtime failure, 2 usage or configuration error. A user
 error prints one line on stderr, never a traceback.
@@ -257,6 +257,11 @@ def conflicts_resolve(
     later = ", ".join(map(str, ids[1:]))
     then = f"; then applied later parked change(s) {later}" if later else ""
     typer.echo(f"conflict {conflict_id} resolved: applied the incoming change{then}")
+
+
+from syncline.cli_slots import slots_app  # noqa: E402
+
+app.add_typer(slots_app, name="slots")
 
 
 @app.command()
