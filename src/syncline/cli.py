@@ -1,4 +1,4 @@
-"""Command line: ``syncline run|check|demo|conflicts|dlq``.
+"""Command line: ``syncline run|check|demo|conflicts|dlq|slots``.
 
 Exit codes: 0 ok, 1 runtime failure, 2 usage or configuration error. A user
 error prints one line on stderr, never a traceback.
@@ -259,13 +259,15 @@ def conflicts_resolve(
     typer.echo(f"conflict {conflict_id} resolved: applied the incoming change{then}")
 
 
-def _register_dlq() -> None:
+def _register_subcommands() -> None:
     from syncline.cli_dlq import dlq_app
+    from syncline.cli_slots import slots_app
 
     app.add_typer(dlq_app, name="dlq")
+    app.add_typer(slots_app, name="slots")
 
 
-_register_dlq()
+_register_subcommands()
 
 
 @app.command()

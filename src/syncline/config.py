@@ -46,6 +46,9 @@ class PostgresSourceConfig(_Model):
     status_interval: float = Field(default=1.0, gt=0)
     # transactions written under these replication origins are not captured (loop prevention)
     skip_origins: list[str] = Field(default_factory=list)
+    # source safety: warn when the slot retains more WAL than this (see docs/operations.md)
+    wal_warn_mb: float = Field(default=1024.0, gt=0)
+    wal_check_interval: float = Field(default=30.0, gt=0)
 
     _tables = field_validator("tables")(lambda v: [_qualify(t) for t in v])
 

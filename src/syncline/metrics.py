@@ -19,6 +19,20 @@ def percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[idx]
 
 
+def pretty_bytes(n: int | None) -> str:
+    """Sizes as PostgreSQL's pg_size_pretty writes them (1 MB = 1024 kB)."""
+    if n is None:
+        return "-"
+    if n < 1024:
+        return f"{n} bytes"
+    value = float(n)
+    for unit in ("kB", "MB", "GB", "TB"):
+        value /= 1024
+        if value < 1024 or unit == "TB":
+            return f"{value:.1f} {unit}" if value < 10 else f"{value:.0f} {unit}"
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
 @dataclass
 class PipelineStats:
     name: str
@@ -39,6 +53,8 @@ class PipelineStats:
     snapshot_rows: int = 0
     snapshot_total: int | None = None
     source_checkpoint: dict[str, object] = field(default_factory=dict)
+    # WAL the source's replication slot holds back (PostgreSQL), None until measured
+    slot_retained_wal_bytes: int | None = None
     started_at: float = field(default_factory=time.monotonic)
     # commit → applied latency in ms, most recent samples
     latencies_ms: deque[float] = field(default_factory=lambda: deque(maxlen=200_000))

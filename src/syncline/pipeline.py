@@ -191,6 +191,7 @@ class Pipeline:
                 producer = self.transport.producer()
                 source = self._source_factory()
                 source.on_progress = self._on_progress
+                source.on_retained = self._on_retained
                 source.open(producer.checkpoint())
                 self._schemas = source.describe()
                 self._schemas_ready.set()
@@ -208,6 +209,9 @@ class Pipeline:
         self.stats.state = "snapshot"
         self.stats.snapshot_rows = done
         self.stats.snapshot_total = total
+
+    def _on_retained(self, size: int | None) -> None:
+        self.stats.slot_retained_wal_bytes = size
 
     def _capture(self, source: Source, producer: Producer, backoff: Backoff) -> None:
         max_events = self.cfg.batch.max_events

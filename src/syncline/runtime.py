@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from types import FrameType
 
 from syncline.config import Config
+from syncline.metrics import pretty_bytes
 from syncline.pipeline import Pipeline
 
 log = logging.getLogger("syncline.runtime")
@@ -84,9 +85,13 @@ class Runtime:
 
 def status_line(p: Pipeline) -> str:
     s = p.stats
+    wal = s.slot_retained_wal_bytes
+    slot = f" slot_wal={pretty_bytes(wal).replace(' ', '')}" if wal is not None else ""
     if s.state == "snapshot":
         total = f"/~{s.snapshot_total:,}" if s.snapshot_total else ""
-        return f"{p.name} snapshot: {s.snapshot_rows:,}{total} rows read, applied={s.applied:,}"
+        return (
+            f"{p.name} snapshot: {s.snapshot_rows:,}{total} rows read, applied={s.applied:,}{slot}"
+        )
     p50, p99 = s.latency_percentiles(50, 99)
     error = f" ({s.error})" if s.error else ""
     dlq = ""
@@ -94,5 +99,5 @@ def status_line(p: Pipeline) -> str:
         dlq = f" dead_lettered={s.dead_lettered:,} held={s.held:,} dlq_open={s.dlq_open:,}"
     return (
         f"{p.name} {s.state}{error}: captured={s.captured:,} applied={s.applied:,} "
-        f"lag_p50={p50:.1f}ms lag_p99={p99:.1f}ms{dlq}"
+        f"lag_p50={p50:.1f}ms lag_p99={p99:.1f}ms{dlq}{slot}"
     )

@@ -24,6 +24,9 @@ from syncline.schema import TableSchema
 Checkpoint = dict[str, Any]
 ProgressFn = Callable[[str, int, int | None], None]
 """Called during a snapshot as ``(table, rows_done, rows_estimated)``."""
+RetainedFn = Callable[[int | None], None]
+"""Called with the bytes of upstream log the source's position holds back (PostgreSQL: the
+slot's retained WAL), from any thread, whenever the source measures it."""
 
 
 @dataclass(slots=True)
@@ -43,6 +46,7 @@ class Source(abc.ABC):
     """A change-data-capture source; one instance serves one pipeline."""
 
     on_progress: ProgressFn | None = None
+    on_retained: RetainedFn | None = None
 
     @abc.abstractmethod
     def check(self) -> list[str]:

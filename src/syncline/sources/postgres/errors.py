@@ -39,6 +39,7 @@ class Endpoint:
     user: str
     pipeline: str
     password: str = ""
+    label: str = ""  # what the DSN is for, when it is not a pipeline's source (CLI --dsn)
 
     @property
     def where(self) -> str:
@@ -46,19 +47,20 @@ class Endpoint:
 
     @property
     def role(self) -> str:
-        return f"source of pipeline {self.pipeline}"
+        return self.label or f"source of pipeline {self.pipeline}"
 
     def scrub(self, text: str) -> str:
         first = text.strip().splitlines()[0] if text.strip() else "unknown error"
         return first.replace(self.password, "***") if self.password else first
 
 
-def endpoint(dsn: str, pipeline: str) -> Endpoint:
+def endpoint(dsn: str, pipeline: str, label: str = "") -> Endpoint:
+    what = f"the {label}" if label else f"the source dsn of pipeline {pipeline}"
     try:
         parts = psycopg2.extensions.parse_dsn(dsn)
     except psycopg2.Error:
         raise ConfigError(
-            f"the source dsn of pipeline {pipeline} is not a valid PostgreSQL connection string "
+            f"{what} is not a valid PostgreSQL connection string "
             "(expected postgresql://user:password@host:port/dbname)"
         ) from None
     host = parts.get("host") or "localhost"
@@ -66,9 +68,7 @@ def endpoint(dsn: str, pipeline: str) -> Endpoint:
     try:
         port_no = int(port)
     except ValueError:
-        raise ConfigError(
-            f"the source dsn of pipeline {pipeline} has a bad port {port!r}"
-        ) from None
+        raise ConfigError(f"{what} has a bad port {port!r}") from None
     return Endpoint(
         dsn=dsn,
         host=host,
@@ -77,6 +77,7 @@ def endpoint(dsn: str, pipeline: str) -> Endpoint:
         user=parts.get("user") or "postgres",
         pipeline=pipeline,
         password=parts.get("password") or "",
+        label=label,
     )
 
 

@@ -21,6 +21,9 @@ Lifecycle (see ``Source`` in sources/base.py for the contract):
 * Transactions committed under a replication origin named in ``skip_origins``
   are dropped whole (loop prevention for bidirectional sync, see origins.py and
   docs/bidirectional.md); other transactions' events carry their origin name.
+* While open, a ``SlotWatch`` (slots.py) measures the WAL the slot retains every
+  ``wal_check_interval`` seconds on its own connection and thread, warns above
+  ``wal_warn_mb`` and reports the size through ``on_retained``.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from syncline.errors import AuthError, PermanentError, SchemaError, SynclineErro
 from syncline.events import Change
 from syncline.schema import TableSchema
 from syncline.sources.base import CaptureBatch, Checkpoint, Source
-from syncline.sources.postgres import catalog
+from syncline.sources.postgres import catalog, slots
 from syncline.sources.postgres.catalog import TableInfo
 from syncline.sources.postgres.errors import (
     Endpoint,
@@ -79,6 +82,8 @@ class PostgresSource(Source):
         self._sent_flush = 0  # flush LSN last passed to the server
         self._last_data_start = 0  # WAL position of the newest message received
         self._last_heartbeat = self._last_status = time.monotonic()
+        self._watch: slots.SlotWatch | None = None
+        self.slot_retained_wal_bytes: int | None = None  # last measurement of the watch
 
     # -- connections --------------------------------------------------------------
 
@@ -152,6 +157,19 @@ class PostgresSource(Source):
         except BaseException:
             self.close()
             raise
+        self._watch = slots.SlotWatch(
+            self._ep,
+            self.slot,
+            self.config.wal_warn_mb,
+            self.config.wal_check_interval,
+            self._retained,
+        )
+        self._watch.start()
+
+    def _retained(self, size: int | None) -> None:
+        self.slot_retained_wal_bytes = size
+        if self.on_retained is not None:
+            self.on_retained(size)
 
     def _open(self, checkpoint: Checkpoint | None) -> None:
         self._tables = self._load_tables()
@@ -420,6 +438,9 @@ class PostgresSource(Source):
             raise translate(exc, self._ep, "confirming the replication position") from exc
 
     def close(self) -> None:
+        if self._watch is not None:
+            self._watch.stop()
+            self._watch = None
         if self._streaming and self._cur is not None and self._sent_flush:
             with contextlib.suppress(SynclineError):
                 self._send_flush(self._sent_flush, force=True)
