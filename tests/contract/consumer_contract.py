@@ -17,8 +17,14 @@ from typing import Any
 
 import pytest
 
-from syncline.consumer import DEFAULT_TABLE, Duplicate, ensure_table, event_id, idempotent
-from syncline.consumer.db import purge_processed
+from syncline.consumer import (
+    DEFAULT_TABLE,
+    Duplicate,
+    ensure_table,
+    event_id,
+    idempotent,
+    purge_processed,
+)
 from syncline.errors import PermanentError
 from syncline.events import ChangeEvent, SourceInfo, encode_value
 

@@ -296,3 +296,60 @@ def _read(src: PostgresSource, out: list[Change]) -> int:
         out.extend(batch.changes)
         src.ack(batch.checkpoint)
     return len(out)
+
+
+def test_a_deadlock_in_the_handler_is_transient_and_the_retry_processes(db: str) -> None:
+    pg_exec(
+        db,
+        "CREATE TABLE acct (id int PRIMARY KEY, n int)",
+        "INSERT INTO acct VALUES (1, 0), (2, 0)",
+    )
+    locked = [threading.Event(), threading.Event()]
+
+    @idempotent(consumer="billing")
+    def transfer(conn: Any, ev: Any) -> str:
+        mine, theirs = (1, 2) if ev.source.seq == 0 else (2, 1)  # opposite lock orders
+        cur = conn.cursor()
+        cur.execute("UPDATE acct SET n = n + 1 WHERE id = %s", (mine,))
+        locked[mine - 1].set()
+        locked[theirs - 1].wait(30)
+        cur.execute("UPDATE acct SET n = n + 1 WHERE id = %s", (theirs,))
+        return "moved"
+
+    results: dict[int, Any] = {}
+
+    def deliver(seq: int) -> None:
+        try:
+            results[seq] = transfer(lambda: psycopg2.connect(db), event(seq))
+        except BaseException as exc:
+            results[seq] = exc
+
+    threads = [threading.Thread(target=deliver, args=(seq,)) for seq in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == [0, 1] and list(results.values()).count("moved") == 1
+    (loser,) = [seq for seq, r in results.items() if r != "moved"]
+    err = results[loser]
+    assert isinstance(err, TransientError) and "deadlock detected" in str(err), err
+    assert str(err).startswith("handler ") and "\n" not in str(err)
+    assert isinstance(err.__cause__, psycopg2.errors.DeadlockDetected)
+    # nothing of the loser was kept; its redelivery goes through
+    assert pg_rows(db, "SELECT event_id FROM syncline_processed_events") == [
+        (event_id(event(1 - loser)),)
+    ]
+    assert transfer(lambda: psycopg2.connect(db), event(loser)) == "moved"
+    assert pg_rows(db, "SELECT sum(n) FROM acct") == [(4,)]
+
+
+def test_a_connect_callable_that_fails_is_translated(db: str) -> None:
+    @idempotent(consumer="billing")
+    def book(conn: Any, ev: Any) -> None: ...
+
+    refused = "postgresql://nobody@127.0.0.1:1/nothing?connect_timeout=2"
+    with pytest.raises(
+        TransientError, match="connecting for consumer billing failed in PostgreSQL"
+    ) as err:
+        book(lambda: psycopg2.connect(refused), event(0))
+    assert "\n" not in str(err.value)

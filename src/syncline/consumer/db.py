@@ -27,8 +27,9 @@ DEFAULT_TABLE: Final = "syncline_processed_events"
 _SAVEPOINT: Final = "syncline_idempotent"
 _NAME = re.compile(r"(?:([A-Za-z_][A-Za-z0-9_]*)\.)?([A-Za-z_][A-Za-z0-9_]*)")
 # SQLSTATE classes a retry can fix: connection, transaction rollback (serialization
-# failure, deadlock), resources, lock not available, operator intervention, system.
-_PG_TRANSIENT = ("08", "40", "53", "55", "57", "58")
+# failure, deadlock), resources, operator intervention (shutdown, statement timeout),
+# system; and lock_not_available (lock_timeout).
+_PG_TRANSIENT = ("08", "40", "53", "57", "58", "55P03")
 _PG_REFUSED = ("authentication failed", "does not exist", "no pg_hba.conf entry")
 _PG_RACED = ("23505", "42P07", "42710")  # a concurrent CREATE ... IF NOT EXISTS won
 
@@ -160,6 +161,7 @@ class PostgresDialect(Dialect):
         import psycopg2  # only reached with a psycopg2 connection in hand
 
         self.errors = (psycopg2.Error,)
+        self._lost = (psycopg2.OperationalError, psycopg2.InterfaceError)
 
     def in_transaction(self, conn: Any) -> bool:
         if conn.closed:
@@ -226,10 +228,10 @@ class PostgresDialect(Dialect):
     def is_transient(self, exc: BaseException) -> bool:
         code = getattr(exc, "pgcode", None) or ""
         if code:
-            return code[:2] in _PG_TRANSIENT
+            return code[:2] in _PG_TRANSIENT or code in _PG_TRANSIENT
         # no SQLSTATE: libpq could not connect or lost the connection, or it was closed
         low = str(exc).lower()
-        return not any(s in low for s in _PG_REFUSED)
+        return isinstance(exc, self._lost) and not any(s in low for s in _PG_REFUSED)
 
 
 _SQLITE = SqliteDialect()

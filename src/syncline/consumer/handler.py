@@ -58,7 +58,11 @@ def idempotent(
     one (then it is closed after the call). If ``conn`` has a transaction open,
     the work happens under a savepoint in it and the caller commits; otherwise
     the wrapper begins and commits a transaction of its own. The handler must not
-    commit or roll back itself. ``id_of(event) -> str`` replaces ``event_id``
+    commit or roll back itself. Exceptions from the handler roll everything back
+    and propagate; driver errors (its SQL's as well as ours) become
+    ``TransientError`` when a retry can help (connection lost, deadlock,
+    serialization failure, lock timeout) and ``PermanentError`` otherwise, with
+    the driver's error as ``__cause__``. ``id_of(event) -> str`` replaces ``event_id``
     for events that are not syncline change events. ``table`` is created on
     first use.
     """
@@ -134,7 +138,10 @@ def _once(
         if not added:
             scope.abort()
             return Duplicate(consumer, eid)
-        result = run(conn)
+        try:
+            result = run(conn)
+        except dialect.errors as exc:  # the handler's own SQL: retry or not, like ours
+            raise dialect.translate(exc, who) from exc
         problem = scope.problem(who)
         if problem is not None:
             raise problem
