@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+
+import msgspec
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,3 +34,15 @@ class TableSchema:
             if c.name == name:
                 return c
         return None
+
+
+_schemas_decoder = msgspec.json.Decoder(dict[str, TableSchema])
+
+
+def encode_schemas(schemas: Mapping[str, TableSchema]) -> str:
+    """JSON text of the table shapes, for a transport's metadata (split capture/apply)."""
+    return msgspec.json.encode(dict(schemas)).decode()
+
+
+def decode_schemas(text: str | bytes) -> dict[str, TableSchema]:
+    return _schemas_decoder.decode(text)

@@ -230,3 +230,14 @@ class TransportContract(abc.ABC):
         t.producer().publish([rec(1, "hello")], {"n": 1})
         th.join(30)
         assert [r.value for r in got] == [b"hello"]
+
+    def test_meta_round_trips_and_survives_reopen(self, tmp_path: Path) -> None:
+        t = self.open(tmp_path, 2)
+        assert t.get_meta("schemas") is None
+        t.put_meta("schemas", '{"a": 1}')
+        t.put_meta("schemas", '{"a": 2}')  # the last value wins
+        t.put_meta("other", "x" * 100_000)
+        t.close()
+        again = self.open(tmp_path, 2)
+        assert again.get_meta("schemas") == '{"a": 2}'
+        assert again.get_meta("other") == "x" * 100_000

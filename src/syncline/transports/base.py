@@ -107,4 +107,16 @@ class Transport(abc.ABC):
         """Next offset to be written per partition (how far the log reaches now)."""
 
     @abc.abstractmethod
+    def put_meta(self, name: str, value: str) -> None:
+        """Store a small named value (the source's table shapes) durably beside the log.
+
+        Capture and apply may run in different processes or machines: what one
+        side learned about the source reaches the other through here.
+        """
+
+    @abc.abstractmethod
+    def get_meta(self, name: str) -> str | None:
+        """The value last stored under ``name``, or ``None``."""
+
+    @abc.abstractmethod
     def close(self) -> None: ...

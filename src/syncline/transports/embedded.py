@@ -446,6 +446,27 @@ class EmbeddedTransport(Transport):
             except sqlite3.Error as exc:
                 raise _translate(exc, self.db, "reading end offsets") from exc
 
+    def put_meta(self, name: str, value: str) -> None:
+        with self._lock:
+            try:
+                self._conn.execute(
+                    "INSERT INTO meta (key, value) VALUES (?, ?) "
+                    "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    (f"user:{name}", value),
+                )
+            except sqlite3.Error as exc:
+                raise _translate(exc, self.db, f"storing {name}") from exc
+
+    def get_meta(self, name: str) -> str | None:
+        with self._lock:
+            try:
+                row = self._conn.execute(
+                    "SELECT value FROM meta WHERE key = ?", (f"user:{name}",)
+                ).fetchone()
+            except sqlite3.Error as exc:
+                raise _translate(exc, self.db, f"reading {name}") from exc
+        return None if row is None else str(row[0])
+
     def enforce_retention(self, now_ms: int | None = None) -> int:
         """Delete what is older than retention_hours and consumed by every group."""
         now = time.time_ns() // 1_000_000 if now_ms is None else now_ms
