@@ -32,7 +32,7 @@ from syncline.events import (
 from syncline.metrics import PipelineStats
 from syncline.pipeline import Pipeline
 from syncline.schema import Column, TableSchema
-from syncline.sinks.base import REPLAY_MARK
+from syncline.sinks.leases import replay_mark
 from syncline.sinks.sqlite import SqliteSink
 from syncline.transforms import build_chain
 from syncline.transports.base import Record
@@ -342,14 +342,14 @@ def test_a_replay_committed_in_the_target_is_not_repeated_after_a_crash(tmp_path
     # the crash: the target committed the replay (and its sequence number) ...
     sink, _ = open_dispatcher()
     seq = store.begin_replay(entry_id)
-    sink.apply([Change(decode_key(key), decode_value(value))], {REPLAY_MARK: seq})
+    sink.apply([Change(decode_key(key), decode_value(value))], {replay_mark(0): seq})
     sink.close()
     # ... but the queue still says "replaying"
     assert store.get(entry_id).status == "replaying"
 
     sink, dispatcher = open_dispatcher()
-    positions = dispatcher.open()
-    assert REPLAY_MARK not in positions  # not a log partition
+    positions = dispatcher.open({0, 1})
+    assert positions == {}  # replay marks are not log partitions
     assert store.get(entry_id).status == "replayed"
     assert rows(dst, "SELECT n FROM applies") == [(1,)]
     assert rows(dst) == [(1, 7)]
@@ -364,7 +364,7 @@ def test_a_replay_committed_in_the_target_is_not_repeated_after_a_crash(tmp_path
     store.begin_replay(second)  # crash before the target transaction
     sink.close()
     sink, dispatcher = open_dispatcher()
-    dispatcher.open()
+    dispatcher.open({0, 1})
     assert store.get(second).status == "replayed"
     assert rows(dst) == [(1, 7), (2, 8)]
     assert rows(dst, "SELECT n FROM applies") == [(2,)]

@@ -43,6 +43,7 @@ def child_main(
     reports: Any,
     parent_pid: int,
     log_level: int,
+    worker_id: str,
 ) -> None:
     """Entry point of the child: run the apply loop, report, stop when told or orphaned."""
     _die_with_parent()
@@ -51,7 +52,7 @@ def child_main(
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
     from syncline.pipeline import Pipeline
 
-    pipe = Pipeline(PipelineConfig.model_validate(cfg_data))
+    pipe = Pipeline(PipelineConfig.model_validate(cfg_data), worker_id=worker_id)
     pipe.provide_schemas(schemas)
     tune_for_throughput()
     pipe.start(capture=False)
@@ -79,6 +80,7 @@ def child_main(
                 "error": s.error,
                 "failed": pipe.failure is not None,
                 "applied_end": pipe.applied_end,
+                "owned": pipe.owned,
                 "latencies": lat,
             }
         )
@@ -91,7 +93,9 @@ def child_main(
 class ApplyProcess:
     """Parent-side handle: start the child, fold its reports into the parent's stats."""
 
-    def __init__(self, cfg: PipelineConfig, schemas: dict[str, TableSchema]) -> None:
+    def __init__(
+        self, cfg: PipelineConfig, schemas: dict[str, TableSchema], worker_id: str
+    ) -> None:
         ctx = mp.get_context("spawn")
         self.stop_event = ctx.Event()
         self.reports: Any = ctx.Queue(maxsize=1000)
@@ -105,6 +109,7 @@ class ApplyProcess:
                 self.reports,
                 os.getpid(),
                 logging.getLogger().getEffectiveLevel(),
+                worker_id,
             ),
             daemon=True,
         )

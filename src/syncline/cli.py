@@ -57,6 +57,17 @@ def run(
     drain_timeout: Annotated[
         float, typer.Option(help="Seconds to drain on SIGINT/SIGTERM.")
     ] = 10.0,
+    role: Annotated[
+        str,
+        typer.Option(
+            help="all: capture and apply; capture or apply: one side only (run more "
+            "apply processes to share a pipeline's partitions)."
+        ),
+    ] = "all",
+    worker_id: Annotated[
+        str | None,
+        typer.Option(help="Name of this apply worker (default: host, and pid for --role apply)."),
+    ] = None,
 ) -> None:
     """Run the pipelines until SIGINT/SIGTERM, then drain and exit."""
     from syncline.runtime import Runtime
@@ -64,11 +75,11 @@ def run(
     _setup_logging(log_level)
     try:
         cfg = load_config(config)
-        runtime = Runtime(cfg, pipeline or ())
+        runtime = Runtime(cfg, pipeline or (), role=role, worker_id=worker_id)
         # Fail fast on what a user can fix (typo in a host, wrong password, missing
         # table); once running, outages are retried instead.
         for p in runtime.pipelines:
-            p.check()
+            p.check(source=role != "apply", sink=role != "capture")
         tune_for_throughput()
         code = runtime.run(drain_timeout=drain_timeout)
     except SynclineError as exc:

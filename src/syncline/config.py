@@ -197,6 +197,23 @@ class DeadLetterConfig(_Model):
     on_blocked_key: Literal["hold", "skip"] = "hold"
 
 
+class ScalingConfig(_Model):
+    """Apply workers of one pipeline split its partitions through leases kept in the target.
+
+    A worker renews its leases every ``heartbeat_s``; one that stops (crash, kill,
+    network) loses them after ``lease_s`` and the others take its partitions over.
+    """
+
+    lease_s: float = Field(default=10.0, ge=0.5, le=3600)
+    heartbeat_s: float = Field(default=1.0, gt=0, le=600)
+
+    @model_validator(mode="after")
+    def _heartbeat_within_lease(self) -> ScalingConfig:
+        if self.heartbeat_s * 3 > self.lease_s:
+            raise ValueError("heartbeat_s must be at most a third of lease_s")
+        return self
+
+
 class PipelineConfig(_Model):
     name: str = Field(pattern=_NAME)
     source: SourceConfig
@@ -207,6 +224,7 @@ class PipelineConfig(_Model):
     apply_in: Literal["process", "thread"] = "process"  # process: capture and apply in parallel
     retry: RetryConfig = Field(default_factory=RetryConfig)
     dlq: DeadLetterConfig = Field(default_factory=DeadLetterConfig)
+    scaling: ScalingConfig = Field(default_factory=ScalingConfig)
 
     @property
     def dlq_dir(self) -> str:

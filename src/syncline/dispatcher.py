@@ -31,7 +31,8 @@ from syncline.errors import DataError, PermanentError, TransientError
 from syncline.events import Change, decode_key, decode_value
 from syncline.metrics import PipelineStats
 from syncline.retry import Backoff
-from syncline.sinks.base import REPLAY_MARK, ApplyResult, Sink
+from syncline.sinks.base import ApplyResult, Sink
+from syncline.sinks.leases import mark_partition, replay_mark
 from syncline.transforms.chain import Chain
 from syncline.transports.base import Delivered
 
@@ -95,6 +96,7 @@ class Dispatcher:
         self._stop = stop
         self._hold = cfg.dlq.on_blocked_key == "hold"
         self.positions: dict[int, int] = {}
+        self.owned: set[int] = set()
         self.last_batch: list[Change] = []  # the changes of the last batch (for latency)
         self._blocked: set[BlockedKey] = set()
         self._stored: set[tuple[int, int]] = set()  # positions already in the queue
@@ -103,14 +105,22 @@ class Dispatcher:
 
     # ---- start -----------------------------------------------------------------------
 
-    def open(self) -> dict[int, int]:
-        """Read the sink's positions, settle interrupted replays; where to resume the log."""
-        positions = self.sink.positions()
-        replay_seq = positions.pop(REPLAY_MARK, 0)
+    def open(self, owned: set[int]) -> dict[int, int]:
+        """Read the owned partitions' positions, settle interrupted replays; where to resume."""
+        stored = self.sink.positions()
+        marks: dict[int, int] = {}
+        positions: dict[int, int] = {}
+        for key, value in stored.items():
+            mark = mark_partition(key)
+            if mark is not None:
+                marks[mark] = value
+            elif key in owned:
+                positions[key] = value
+        self.owned = set(owned)
         self.positions = positions
         if self.store is not None:
             self.store.take_worker_lock()
-            self.store.recover(replay_seq)
+            self.store.recover(marks, owned)
             self._stored = self.store.stored_positions(positions)
             self._refresh()
             self.maintain(force=True)
@@ -281,7 +291,7 @@ class Dispatcher:
         self._next_check = now + REPLAY_CHECK_INTERVAL_S
         if not force and self.store.data_version() == self._version:
             return
-        queue = self.store.replay_queue()
+        queue = self.store.replay_queue(self.owned)
         if queue:
             self._replay(queue)
         self._refresh()
@@ -301,7 +311,8 @@ class Dispatcher:
             seq = self.store.begin_replay(entry.id)
             try:
                 change = Change(decode_key(entry.key), decode_value(entry.value))
-                self.sink.apply(self.chain.apply([change]), {REPLAY_MARK: seq})
+                mark = replay_mark(entry.partition)
+                self.sink.apply(self.chain.apply([change]), {mark: seq})
             except (msgspec.DecodeError, UnicodeDecodeError, PermanentError) as exc:
                 self.store.fail_replay(entry.id, type(exc).__name__, str(exc), hold_rest=self._hold)
                 failed += 1

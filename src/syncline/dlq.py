@@ -138,11 +138,11 @@ class DeadLetterStore:
     # ---- the worker lock: tells the CLI whether a running pipeline will do a replay ----
 
     def take_worker_lock(self) -> None:
-        """Held by the apply worker while it runs (released by the OS if it dies)."""
+        """Held (shared) by every apply worker while it runs; released by the OS if it dies."""
         if self._lock_fd is not None:
             return
         fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT, 0o644)
-        fcntl.flock(fd, fcntl.LOCK_EX)  # a zombie worker still holding it makes us wait
+        fcntl.flock(fd, fcntl.LOCK_SH)
         self._lock_fd = fd
 
     def release_worker_lock(self) -> None:
@@ -346,20 +346,25 @@ class DeadLetterStore:
                 (time.time(), entry_id),
             )
 
-    def recover(self, stored_seq: int) -> None:
-        """After a restart: replays the target holds are done, the others queued again."""
+    def recover(self, marks: Mapping[int, int], partitions: Iterable[int]) -> None:
+        """After a (re)start: replays the target holds are done, the others queued again.
+
+        ``marks`` is the last replay sequence stored in the target per partition;
+        only the given (owned) partitions are settled, other workers own the rest.
+        """
         with self._txn("recovering replays") as db:
             now = time.time()
-            db.execute(
-                "UPDATE dead_letters SET status = 'replayed', error = NULL, updated_at = ? "
-                "WHERE status = 'replaying' AND replay_seq <= ?",
-                (now, stored_seq),
-            )
-            db.execute(
-                "UPDATE dead_letters SET status = 'replay', updated_at = ? "
-                "WHERE status = 'replaying'",
-                (now,),
-            )
+            for p in partitions:
+                db.execute(
+                    "UPDATE dead_letters SET status = 'replayed', error = NULL, updated_at = ? "
+                    "WHERE status = 'replaying' AND partition = ? AND replay_seq <= ?",
+                    (now, p, marks.get(p, 0)),
+                )
+                db.execute(
+                    "UPDATE dead_letters SET status = 'replay', updated_at = ? "
+                    "WHERE status = 'replaying' AND partition = ?",
+                    (now, p),
+                )
 
     # ---- reads -----------------------------------------------------------------------
 
@@ -395,12 +400,19 @@ class DeadLetterStore:
             where += f" LIMIT {int(limit)}"
         return self._select(where, args)
 
-    def replay_queue(self) -> list[DeadLetter]:
-        """Entries of every key with a queued replay, in log order per key."""
+    def replay_queue(self, partitions: Iterable[int]) -> list[DeadLetter]:
+        """Entries of every key with a queued replay, in log order per key.
+
+        Only keys of the given partitions: each worker replays what it owns.
+        """
+        parts = sorted(partitions)
+        if not parts:
+            return []
         return self._select(
             "(source_table, key) IN (SELECT source_table, key FROM dead_letters "
             "WHERE status IN ('replay', 'replaying')) AND status IN ('dead', 'held', 'replay', "
-            "'replaying') ORDER BY source_table, key, partition, \"offset\""
+            f"'replaying') AND partition IN ({', '.join(map(str, parts))}) "
+            'ORDER BY source_table, key, partition, "offset"'
         )
 
     def blocked_keys(self) -> set[BlockedKey]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -29,7 +30,7 @@ from syncline.events import encode_key, encode_value, now_us
 from syncline.factory import build_sink, build_source, build_transport
 from syncline.metrics import PipelineStats
 from syncline.retry import Backoff
-from syncline.schema import TableSchema
+from syncline.schema import TableSchema, decode_schemas, encode_schemas
 from syncline.sinks.base import Sink
 from syncline.sources.base import Source
 from syncline.transforms import build_chain
@@ -38,6 +39,7 @@ from syncline.transports.base import Consumer, Producer, Record, Transport
 log = logging.getLogger("syncline.pipeline")
 
 GROUP_COMMIT_INTERVAL_S = 1.0
+SCHEMAS_META = "schemas"  # the source's table shapes, for apply workers in other processes
 
 
 class Pipeline:
@@ -48,8 +50,12 @@ class Pipeline:
         source_factory: Callable[[], Source] | None = None,
         sink_factory: Callable[[], Sink] | None = None,
         transport: Transport | None = None,
+        worker_id: str | None = None,
     ) -> None:
         self.cfg = cfg
+        # who holds partition leases in the target; stable across restarts of one
+        # machine's pipeline, so a restarted worker gets its partitions back at once
+        self.worker_id = worker_id or f"{socket.gethostname()}/{cfg.name}"
         self.name = cfg.name
         self.stats = PipelineStats(cfg.name)
         self._source_factory = source_factory or (lambda: build_source(cfg.source, cfg.name))
@@ -62,15 +68,18 @@ class Pipeline:
         self._schemas: dict[str, TableSchema] | None = None
         self._schemas_ready = threading.Event()
         self._applied_end: dict[int, int] = {}
+        self._owned: set[int] | None = None  # partitions this process applies (None: all)
         self._capture_thread: threading.Thread | None = None
         self._apply_thread: threading.Thread | None = None
         self.failure: SynclineError | None = None
 
     # ---- lifecycle -------------------------------------------------------------------
 
-    def check(self) -> list[str]:
-        notes = [*self._source_factory().check(), *self.transport.check()]
-        notes += self._sink_factory().check()
+    def check(self, source: bool = True, sink: bool = True) -> list[str]:
+        notes = [*self._source_factory().check()] if source else []
+        notes += self.transport.check()
+        if sink:
+            notes += self._sink_factory().check()
         return notes
 
     def start(self, capture: bool = True, apply: bool = True) -> None:
@@ -121,6 +130,11 @@ class Pipeline:
             self._apply_thread.join(timeout)
 
     @property
+    def owned(self) -> set[int] | None:
+        """The partitions this process's apply worker holds (None: not settled yet)."""
+        return None if self._owned is None else set(self._owned)
+
+    @property
     def applied_end(self) -> dict[int, int]:
         """Next log offset per partition that the sink has committed."""
         return dict(self._applied_end)
@@ -129,7 +143,12 @@ class Pipeline:
         """True when apply has reached the log's end (or the given end offsets)."""
         ends = self.transport.end_offsets() if ends is None else ends
         applied = self._applied_end
-        return all(applied.get(p, 0) >= off for p, off in ends.items() if off > 0)
+        owned = self._owned
+        return all(
+            applied.get(p, 0) >= off
+            for p, off in ends.items()
+            if off > 0 and (owned is None or p in owned)
+        )
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until both workers end (failure or stop); True if they ended."""
@@ -194,6 +213,7 @@ class Pipeline:
                 source.on_retained = self._on_retained
                 source.open(producer.checkpoint())
                 self._schemas = source.describe()
+                self._publish_schemas(self._schemas)
                 self._schemas_ready.set()
                 self._capture(source, producer, backoff)
             except TransientError as exc:
@@ -204,6 +224,11 @@ class Pipeline:
                     source.close()
                 if producer is not None:
                     producer.close()
+
+    def _publish_schemas(self, schemas: dict[str, TableSchema]) -> None:
+        text = encode_schemas(schemas)
+        if self.transport.get_meta(SCHEMAS_META) != text:
+            self.transport.put_meta(SCHEMAS_META, text)
 
     def _on_progress(self, table: str, done: int, total: int | None) -> None:
         self.stats.state = "snapshot"
@@ -255,7 +280,7 @@ class Pipeline:
         backoff = self._backoff()
         stats = self.stats
         while not self._stop_apply.is_set():
-            child = ApplyProcess(self.cfg, self._schemas or {})
+            child = ApplyProcess(self.cfg, self._schemas or {}, self.worker_id)
             base = (
                 stats.applied,
                 stats.skipped,
@@ -294,6 +319,7 @@ class Pipeline:
         stats.replayed = base[6] + report["replayed"]
         stats.dlq_open = report["dlq_open"]
         self._applied_end = report["applied_end"]
+        self._owned = report["owned"]
         if report["latencies"]:
             stats.record_latencies(report["latencies"])
         if report["state"] == "degraded" or stats.state == "degraded":
@@ -308,12 +334,10 @@ class Pipeline:
         backoff = self._backoff()
         while not self._stop_apply.is_set():
             sink: Sink | None = None
-            consumer: Consumer | None = None
             store: DeadLetterStore | None = None
             try:
-                while not self._schemas_ready.wait(0.1):
-                    if self._stop_apply.is_set():
-                        return
+                if not self._await_schemas():
+                    return
                 sink = self._sink_factory()
                 sink.open(self.name)
                 sink.prepare(self._chain.schemas(self._schemas or {}))
@@ -322,38 +346,83 @@ class Pipeline:
                 dispatcher = Dispatcher(
                     self.cfg, sink, self._chain, self.stats, store, self._stop_apply
                 )
-                consumer = self.transport.consumer(self.name)
-                self._apply(dispatcher, consumer, backoff)
+                self._apply_owned(sink, dispatcher, backoff)
             except TransientError as exc:
                 if self._stop_apply.wait(self._degraded("apply", exc, backoff)):
                     break
             finally:
-                if consumer is not None:
-                    consumer.close()
                 if store is not None:
                     store.close()
                 if sink is not None:
                     sink.close()
 
-    def _apply(self, dispatcher: Dispatcher, consumer: Consumer, backoff: Backoff) -> None:
-        positions = dispatcher.open()
+    def _await_schemas(self) -> bool:
+        """Source table shapes: from capture in this process, or through the transport."""
+        while not self._schemas_ready.wait(0.1 if self._capture_thread else 0.5):
+            if self._stop_apply.is_set():
+                return False
+            if self._capture_thread is None:
+                text = self.transport.get_meta(SCHEMAS_META)
+                if text is not None:
+                    self.provide_schemas(decode_schemas(text))
+        return True
+
+    def _apply_owned(self, sink: Sink, dispatcher: Dispatcher, backoff: Backoff) -> None:
+        """Apply the partitions this worker holds; re-balance every heartbeat."""
+        scaling = self.cfg.scaling
+        parts = self.transport.partitions
+        try:
+            while not self._stop_apply.is_set():
+                owned = sink.rebalance(self.worker_id, parts, scaling.lease_s)
+                self._owned = owned
+                if not owned:  # more workers than partitions: stand by
+                    self.stats.state = "standby"
+                    self._stop_apply.wait(scaling.heartbeat_s)
+                    continue
+                if self.stats.state == "standby":
+                    self.stats.state = "running"
+                consumer = self.transport.consumer(self.name, sorted(owned))
+                try:
+                    self._apply(dispatcher, consumer, backoff, owned)
+                finally:
+                    consumer.close()
+        finally:
+            if self._stop_apply.is_set():
+                with contextlib.suppress(SynclineError):  # others take over at once
+                    sink.rebalance(self.worker_id, parts, scaling.lease_s, leaving=True)
+
+    def _apply(
+        self, dispatcher: Dispatcher, consumer: Consumer, backoff: Backoff, owned: set[int]
+    ) -> None:
+        positions = dispatcher.open(owned)
         consumer.seek(positions)
         self._applied_end = dict(positions)
         try:
-            self._apply_until_stopped(dispatcher, consumer, backoff)
+            self._apply_until_stopped(dispatcher, consumer, backoff, owned)
         finally:
             if self._applied_end:
                 with contextlib.suppress(SynclineError):
                     consumer.commit(self._applied_end)
 
     def _apply_until_stopped(
-        self, dispatcher: Dispatcher, consumer: Consumer, backoff: Backoff
+        self, dispatcher: Dispatcher, consumer: Consumer, backoff: Backoff, owned: set[int]
     ) -> None:
+        """Apply batches until stopped or this worker's share of partitions changes."""
         max_events = self.cfg.batch.max_events
         wait = max(self.cfg.batch.max_wait_ms / 1000.0, 0.005)
         stats = self.stats
         last_commit = time.monotonic()
+        heartbeat = self.cfg.scaling.heartbeat_s
+        next_heartbeat = time.monotonic() + heartbeat
         while not self._stop_apply.is_set():
+            if time.monotonic() >= next_heartbeat:
+                next_heartbeat = time.monotonic() + heartbeat
+                parts = self.transport.partitions
+                if (
+                    dispatcher.sink.rebalance(self.worker_id, parts, self.cfg.scaling.lease_s)
+                    != owned
+                ):
+                    return  # the caller re-opens a consumer for the new share
             dispatcher.maintain()
             delivered = consumer.poll(max_events, wait)
             if not delivered:

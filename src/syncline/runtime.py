@@ -7,23 +7,42 @@ any pipeline failed.
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
 from types import FrameType
 
 from syncline.config import Config
+from syncline.errors import ConfigError
 from syncline.metrics import pretty_bytes
 from syncline.pipeline import Pipeline
 
 log = logging.getLogger("syncline.runtime")
 
 
+ROLES = ("all", "capture", "apply")
+
+
 class Runtime:
-    def __init__(self, config: Config, only: Sequence[str] = ()) -> None:
+    """``role``: ``all`` runs capture and apply; ``capture`` or ``apply`` runs one side,
+    so apply workers can run in other processes or machines (they share the
+    partitions through leases in the target)."""
+
+    def __init__(
+        self,
+        config: Config,
+        only: Sequence[str] = (),
+        role: str = "all",
+        worker_id: str | None = None,
+    ) -> None:
+        if role not in ROLES:
+            raise ConfigError(f"--role must be one of {', '.join(ROLES)}, not {role!r}")
         cfgs = [config.pipeline(n) for n in only] if only else list(config.pipelines)
-        self.pipelines = [Pipeline(c) for c in cfgs]
+        self.role = role
+        self.pipelines = [Pipeline(c, worker_id=_worker_id(c.name, role, worker_id)) for c in cfgs]
         self._stop = threading.Event()
 
     def request_stop(self) -> None:
@@ -38,8 +57,8 @@ class Runtime:
         """Start everything, block until stopped or all pipelines end; return an exit code."""
         self._install_signals()
         for p in self.pipelines:
-            p.start()
-            log.info("pipeline %s started", p.name)
+            p.start(capture=self.role != "apply", apply=self.role != "capture")
+            log.info("pipeline %s started (role %s, worker %s)", p.name, self.role, p.worker_id)
         last_status = time.monotonic()
         while not self._stop.wait(0.2):
             if on_tick:
@@ -81,6 +100,17 @@ class Runtime:
 
         signal.signal(signal.SIGINT, handler)
         signal.signal(signal.SIGTERM, handler)
+
+
+def _worker_id(pipeline: str, role: str, given: str | None) -> str:
+    """Stable for ``all`` (a restart takes its partitions back at once); unique per process
+    for extra ``apply`` workers unless named with ``--worker-id``."""
+    host = socket.gethostname()
+    if given:
+        return f"{given}/{pipeline}"
+    if role == "apply":
+        return f"{host}:{os.getpid()}/{pipeline}"
+    return f"{host}/{pipeline}"
 
 
 def status_line(p: Pipeline) -> str:

@@ -19,11 +19,6 @@ from dataclasses import dataclass
 from syncline.events import Change
 from syncline.schema import TableSchema
 
-# A pseudo-partition in the stored positions: the sequence number of the last
-# dead-letter replay, stored with the replayed rows so a crash never repeats one.
-# (Partition -1 is the PostgreSQL sink's fence row.)
-REPLAY_MARK = -2
-
 
 @dataclass(slots=True)
 class ApplyResult:
@@ -58,6 +53,17 @@ class Sink(abc.ABC):
     @abc.abstractmethod
     def apply(self, changes: Sequence[Change], positions: Mapping[int, int]) -> ApplyResult:
         """Apply ``changes`` and store ``positions`` in one transaction."""
+
+    @abc.abstractmethod
+    def rebalance(
+        self, worker: str, partitions: int, lease_s: float, *, leaving: bool = False
+    ) -> set[int]:
+        """Register ``worker``, renew its partition leases and settle its fair share.
+
+        Returns the partitions it holds now. From then on ``apply`` checks, in its
+        own transaction, that the worker still holds every partition it writes
+        (see ``sinks/leases.py``). ``leaving`` gives everything back.
+        """
 
     @abc.abstractmethod
     def close(self) -> None: ...

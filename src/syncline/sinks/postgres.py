@@ -52,6 +52,7 @@ from syncline.errors import (
 )
 from syncline.events import Change, Row, encode_value
 from syncline.schema import TableSchema
+from syncline.sinks import leases
 from syncline.sinks.base import ApplyResult, Sink
 from syncline.sinks.sql import (
     Step,
@@ -755,6 +756,8 @@ class PostgresSink(Sink):
         self._cfg = config
         self._pipeline = pipeline
         self._expected: dict[int, int] | None = None  # positions this sink last saw
+        self._worker: str | None = None  # set by rebalance: writes need this worker's leases
+        self._owned: set[int] = set()
         try:
             params = psycopg2.extensions.parse_dsn(config.dsn)
         except psycopg2.Error as exc:
@@ -910,12 +913,19 @@ class PostgresSink(Sink):
                         "updated_at timestamptz NOT NULL DEFAULT now(), "
                         "PRIMARY KEY (pipeline, partition))"
                     )
-                # partition -1 is the pipeline's fence row: every apply locks it first
+                # partition -1 is the pipeline's fence row: an apply without leases locks it
                 cur.execute(
                     f"INSERT INTO {OFFSETS} (pipeline, partition, next_offset) VALUES (%s, -1, 0) "
                     "ON CONFLICT DO NOTHING",
                     (pipeline,),
                 )
+                cur.execute(
+                    "SELECT count(*) FROM information_schema.columns WHERE table_schema = "
+                    "'syncline' AND table_name = 'syncline_offsets' AND column_name = 'owner'"
+                )
+                row = cur.fetchone()
+                if not row or not row[0] or not self._workers_table(cur):
+                    leases.pg_ensure(cur, OFFSETS)
             conn.commit()
         except psycopg2.errors.UniqueViolation:
             self._abort()  # another pipeline created it at the same moment
@@ -927,8 +937,29 @@ class PostgresSink(Sink):
             except psycopg2.Error as exc:
                 raise self._fail(exc, f"creating replication origin {self._cfg.origin}") from exc
 
+    @staticmethod
+    def _workers_table(cur: psycopg2.extensions.cursor) -> bool:
+        cur.execute("SELECT to_regclass(%s)", (leases.PG_WORKERS,))
+        row = cur.fetchone()
+        return row is not None and row[0] is not None
+
     def close(self) -> None:
         self._drop_connection()
+
+    def rebalance(
+        self, worker: str, partitions: int, lease_s: float, *, leaving: bool = False
+    ) -> set[int]:
+        conn = self._connection()
+        try:
+            with conn.cursor() as cur:
+                owned = leases.pg_rebalance(
+                    cur, OFFSETS, self._pipeline, worker, partitions, lease_s, leaving
+                )
+            conn.commit()
+        except psycopg2.Error as exc:
+            raise self._fail(exc, f"settling partition leases in {OFFSETS}") from exc
+        self._worker, self._owned = worker, owned
+        return set(owned)
 
     def positions(self) -> dict[int, int]:
         conn = self._connection()
@@ -1182,8 +1213,19 @@ class PostgresSink(Sink):
         try:
             with conn.cursor() as cur:
                 what = f"locking the positions of pipeline {self._pipeline} in {OFFSETS}"
-                cur.execute(self._fence_sql, (self._pipeline,))
-                fence_check(self._pipeline, self._expected, cur.fetchall())
+                if self._worker is None:
+                    cur.execute(self._fence_sql, (self._pipeline,))
+                    fence_check(self._pipeline, self._expected, cur.fetchall())
+                else:
+                    cur.execute(leases.pg_fence_sql(OFFSETS), (self._pipeline, sorted(self._owned)))
+                    needed = {leases.guarded_partition(k) for k in positions}
+                    leases.check_fence(
+                        self._pipeline,
+                        self._worker,
+                        self._expected,
+                        cur.fetchall(),
+                        {p for p in needed if p is not None} | self._owned,
+                    )
                 if self._prefilter:
                     what = "fetching the target rows of conflict-checked tables"
                     steps, result = self._prefiltered(cur, changes)

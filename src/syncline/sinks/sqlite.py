@@ -44,6 +44,7 @@ from syncline.errors import (
 )
 from syncline.events import Change, Row, encode_value
 from syncline.schema import TableSchema
+from syncline.sinks import leases
 from syncline.sinks.base import ApplyResult, Sink
 from syncline.sinks.sql import (
     Step,
@@ -531,6 +532,8 @@ class SqliteSink(Sink):
         self._cfg = config
         self._pipeline = pipeline
         self._expected: dict[int, int] | None = None  # positions this sink last saw
+        self._worker: str | None = None  # set by rebalance: writes need this worker's leases
+        self._owned: set[int] = set()
         self._busy_timeout = busy_timeout  # how long to wait for another writer's lock
         self._conn: sqlite3.Connection | None = None
         self._plans: dict[str, _Plan] = {}
@@ -622,8 +625,25 @@ class SqliteSink(Sink):
                 "partition INTEGER NOT NULL, next_offset INTEGER NOT NULL, "
                 "updated_at TEXT NOT NULL, PRIMARY KEY (pipeline, partition))"
             )
+            leases.sqlite_ensure(conn, OFFSETS)
         except sqlite3.Error as exc:
             raise _translate(exc, f"creating {OFFSETS} in {self.where}") from exc
+
+    def rebalance(
+        self, worker: str, partitions: int, lease_s: float, *, leaving: bool = False
+    ) -> set[int]:
+        conn = self._connection()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            owned = leases.sqlite_rebalance(
+                conn, OFFSETS, self._pipeline, worker, partitions, lease_s, leaving
+            )
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._rollback()
+            raise _translate(exc, f"settling partition leases in {self.where}") from exc
+        self._worker, self._owned = worker, owned
+        return set(owned)
 
     def close(self) -> None:
         if self._conn is not None:
@@ -805,14 +825,24 @@ class SqliteSink(Sink):
             suppress = self._suppress(conn)
             if suppress:
                 conn.execute(_SUPPRESS_ON, (suppress,))
-            fence_check(
-                self._pipeline,
-                self._expected,
-                conn.execute(
-                    f"SELECT partition, next_offset FROM {OFFSETS} WHERE pipeline = ?",
-                    (self._pipeline,),
-                ).fetchall(),
-            )
+            if self._worker is None:
+                fence_check(
+                    self._pipeline,
+                    self._expected,
+                    conn.execute(
+                        f"SELECT partition, next_offset FROM {OFFSETS} WHERE pipeline = ?",
+                        (self._pipeline,),
+                    ).fetchall(),
+                )
+            else:
+                needed = {leases.guarded_partition(k) for k in positions}
+                leases.check_fence(
+                    self._pipeline,
+                    self._worker,
+                    self._expected,
+                    leases.sqlite_fence_rows(conn, OFFSETS, self._pipeline, self._owned),
+                    {p for p in needed if p is not None} | self._owned,
+                )
             if self._prefilter:
                 what = f"fetching the target rows of conflict-checked tables in {self.where}"
                 steps, result = self._prefiltered(conn, changes)
