@@ -31,6 +31,7 @@ from syncline.transports.kafka.errors import translate
 from syncline.transports.kafka.state import TABLE_KEY, Registry, TableEntry
 
 _TABLE_KEY = TABLE_KEY.encode()
+_GATHER_S = 0.002
 
 if TYPE_CHECKING:
     from syncline.transports.kafka.transport import KafkaTransport
@@ -98,8 +99,14 @@ class KafkaConsumer(BaseConsumer):
                 while True:
                     first = c.poll(max(0.0, deadline - time.monotonic()))
                     if first is not None:
-                        msgs = [first, *c.consume(max_records - len(out) - 1, 0)]
-                        self._take(msgs, out)
+                        self._take([first], out)
+                        # Partitions' fetches land one by one: gather what comes within a
+                        # moment, so a poll returns a full batch when the log has one.
+                        while len(out) < max_records:
+                            more = c.consume(max_records - len(out), _GATHER_S)
+                            if not more:
+                                break
+                            self._take(more, out)
                     if out or time.monotonic() >= deadline:
                         return out
             except KafkaException as exc:
