@@ -13,8 +13,8 @@ import glob
 import os
 import shutil
 import socket
-import sys
 import subprocess
+import sys
 import tempfile
 import time
 import uuid

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 from confluent_kafka import Consumer, TopicPartition
+from test_pipeline_pg import SELECT, SOURCE_DDL, TARGET_DDL, Writer
 
 from e2e_helpers import SynclineProcess, pg_exec, pg_rows, wait_until, write_config
 from servers import KafkaBroker
 from syncline.events import encode_key
 from syncline.transports.base import partition_for
-from test_pipeline_pg import SELECT, SOURCE_DDL, TARGET_DDL, Writer
 
 pytestmark = pytest.mark.kafka
 
