@@ -18,7 +18,7 @@ import pytest
 from contract.transport_contract import TransportContract, drain, rec
 from servers import KafkaBroker
 from syncline.config import KafkaTransportConfig
-from syncline.errors import ConfigError, TransportError
+from syncline.errors import ConfigError, DataError, TransportError
 from syncline.transports.base import Record, Transport, partition_for
 from syncline.transports.kafka import KafkaTransport
 
@@ -221,4 +221,16 @@ def test_unreachable_broker_is_a_transient_transport_error() -> None:
         t.check()
     with pytest.raises(TransportError):
         t.producer()
+    t.close()
+
+
+def test_too_large_record_is_a_data_error_and_stores_nothing(broker: KafkaBroker) -> None:
+    t = open_transport(broker, unique(), 2, max_message_bytes=4096)
+    prod = t.producer()
+    prod.publish([rec(1, "small")], {"n": 1})
+    with pytest.raises(DataError, match="raise transport.max_message_bytes"):
+        prod.publish([rec(3, "x" * 10_000), rec(2, "ok")], {"n": 2})
+    assert prod.checkpoint() == {"n": 1}
+    prod.publish([rec(4, "after")], {"n": 3})  # the failed transaction was aborted
+    assert sorted(r.value for r in drain(t.consumer("g"), 2)) == [b"after", b"small"]
     t.close()

@@ -161,3 +161,4 @@ class KafkaConsumer(BaseConsumer):
     def close(self) -> None:
         with self._lock, contextlib.suppress(KafkaException, RuntimeError):
             self._c.close()
+        self._t.forget(self)

@@ -94,6 +94,7 @@ class KafkaProducer(BaseProducer):
         produce = p.produce
         self._failed = None
         doing = f"publishing {len(records)} records"
+        committing = False
         try:
             p.begin_transaction()
             for e in entries:
@@ -107,11 +108,12 @@ class KafkaProducer(BaseProducer):
                 except BufferError:
                     self._produce_when_room(batch[r.table], r.value, key, part)
             produce(self._t.checkpoint_topic, _encode_checkpoint(checkpoint), CHECKPOINT_KEY, 0)
+            committing = True
             p.commit_transaction(self._timeout)
         except KafkaException as exc:
-            raise self._settle(exc, doing) from exc
+            raise self._settle(exc, doing, committing) from exc
         except BaseException:
-            self._settle(None, doing)
+            self._settle(None, doing, committing)
             raise
         for e in entries:
             topics[e.table] = e.topic
@@ -134,12 +136,14 @@ class KafkaProducer(BaseProducer):
                         f"{self._timeout:.0f}s; is the broker accepting writes?"
                     ) from None
 
-    def _settle(self, exc: KafkaException | None, doing: str) -> SynclineError:
+    def _settle(self, exc: KafkaException | None, doing: str, committing: bool) -> SynclineError:
         """After a failed publish: abort when that surely stores nothing, else give up.
 
-        When a commit's outcome is unknown (a timeout), retrying the same records
-        on this producer could store them twice, so it refuses further publishes;
-        a new producer reads the checkpoint that really was committed.
+        Before the commit, or when the commit failed in a way that needs an abort,
+        aborting leaves nothing behind and the producer stays usable. When the
+        commit's outcome is unknown (a timeout) or the producer was fenced,
+        retrying the same records here could store them twice, so it refuses
+        further publishes; a new producer reads the checkpoint really committed.
         """
         err: KafkaError | None = self._failed
         if err is None and exc is not None and exc.args and isinstance(exc.args[0], KafkaError):
@@ -149,8 +153,8 @@ class KafkaProducer(BaseProducer):
             if err is not None
             else TransportError(f"kafka at {self._where}: {doing} failed")
         )
-        committing = err is not None and not err.txn_requires_abort()
-        if err is None or not (committing or err.fatal()):
+        fatal = err is not None and err.fatal()
+        if not fatal and (not committing or (err is not None and err.txn_requires_abort())):
             try:
                 self._p.abort_transaction(self._timeout)
                 return out
@@ -169,3 +173,4 @@ class KafkaProducer(BaseProducer):
         self._broken = self._broken or "producer closed"
         with contextlib.suppress(KafkaException):
             self._p.flush(min(self._timeout, 5.0))
+        self._t.forget(self)

@@ -220,6 +220,12 @@ class KafkaTransport(Transport):
         self._children.append(cons)
         return cons
 
+    def forget(self, child: object) -> None:
+        """A closed producer or consumer: drop it, so its driver client can be freed."""
+        with self._lock:
+            if child in self._children:
+                self._children.remove(child)
+
     def stream_id(self, entry: TableEntry, kafka_partition: int) -> int:
         return entry.index * self.partitions + kafka_partition
 
@@ -271,7 +277,7 @@ class KafkaTransport(Transport):
         return None if raw is None else raw.decode()
 
     def close(self) -> None:
-        for child in self._children:
+        for child in list(self._children):
             try:
                 child.close()
             except SynclineError as exc:
