@@ -228,7 +228,7 @@ def test_too_large_record_is_a_data_error_and_stores_nothing(broker: KafkaBroker
     t = open_transport(broker, unique(), 2, max_message_bytes=4096)
     prod = t.producer()
     prod.publish([rec(1, "small")], {"n": 1})
-    with pytest.raises(DataError, match="raise transport.max_message_bytes"):
+    with pytest.raises(DataError, match=r"raise transport\.max_message_bytes"):
         prod.publish([rec(3, "x" * 10_000), rec(2, "ok")], {"n": 2})
     assert prod.checkpoint() == {"n": 1}
     prod.publish([rec(4, "after")], {"n": 3})  # the failed transaction was aborted
