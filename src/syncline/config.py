@@ -12,7 +12,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from syncline.errors import ConfigError
 
@@ -83,7 +91,88 @@ class EmbeddedTransportConfig(_Model):
     fsync: bool = True
 
 
-TransportConfig = Annotated[EmbeddedTransportConfig, Field(discriminator="kind")]
+# librdkafka settings syncline sets itself: its guarantees depend on them (see docs/transports.md).
+KAFKA_OWNED_SETTINGS = frozenset(
+    {
+        "bootstrap.servers",
+        "transactional.id",
+        "enable.idempotence",
+        "acks",
+        "isolation.level",
+        "group.id",
+        "enable.auto.commit",
+        "enable.auto.offset.store",
+        "enable.partition.eof",
+        "message.max.bytes",
+        "logger",
+    }
+)
+_KAFKA_SETTING = re.compile(r"^[a-z][a-z0-9]*(\.[a-z0-9]+)*$")
+
+
+class KafkaSecurityConfig(_Model):
+    """How to reach a secured cluster; ``password`` and ``ssl_key_password`` are never printed."""
+
+    protocol: Literal["plaintext", "ssl", "sasl_plaintext", "sasl_ssl"] = "plaintext"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    username: str | None = None
+    password: SecretStr | None = None
+    ssl_ca_location: str | None = None
+    ssl_certificate_location: str | None = None
+    ssl_key_location: str | None = None
+    ssl_key_password: SecretStr | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> KafkaSecurityConfig:
+        sasl = self.protocol.startswith("sasl")
+        if sasl and not (self.sasl_mechanism and self.username and self.password):
+            raise ValueError(
+                f"protocol {self.protocol} needs sasl_mechanism, username and password"
+            )
+        if not sasl and (self.sasl_mechanism or self.username or self.password):
+            raise ValueError(
+                f"sasl_mechanism/username/password need a sasl_* protocol, not {self.protocol}"
+            )
+        return self
+
+
+class KafkaTransportConfig(_Model):
+    """An Apache Kafka cluster as the log: one topic per table, transactional capture."""
+
+    kind: Literal["kafka"]
+    bootstrap_servers: str = Field(min_length=1)
+    # topics are <topic_prefix>.<schema>.<table>; default: the pipeline's name
+    topic_prefix: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,150}$")
+    partitions: int = Field(default=4, ge=1, le=1024)
+    replication_factor: int = Field(default=1, ge=1, le=32)
+    retention_hours: float | None = Field(default=168.0, gt=0)  # None: the broker's default
+    max_message_bytes: int = Field(default=16 * 1024 * 1024, ge=1024, le=1024 * 1024 * 1024)
+    timeout: float = Field(default=30.0, gt=0, le=600)  # seconds for one broker operation
+    producer: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    consumer: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    security: KafkaSecurityConfig | None = None
+
+    @field_validator("producer", "consumer")
+    @classmethod
+    def _settings(
+        cls, v: dict[str, str | int | float | bool]
+    ) -> dict[str, str | int | float | bool]:
+        for key in v:
+            if not _KAFKA_SETTING.match(key):
+                raise ValueError(f"{key!r} is not a librdkafka setting name (like linger.ms)")
+            if key in KAFKA_OWNED_SETTINGS:
+                raise ValueError(f"{key} is set by syncline and cannot be overridden")
+            if key.startswith(("sasl.", "ssl.", "security.")):
+                raise ValueError(f"{key}: put connection security under transport.security")
+        return v
+
+    def prefix(self, pipeline: str) -> str:
+        return self.topic_prefix or pipeline
+
+
+TransportConfig = Annotated[
+    EmbeddedTransportConfig | KafkaTransportConfig, Field(discriminator="kind")
+]
 
 
 _PY_REF = r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_]*$"
@@ -295,7 +384,7 @@ def _loc(loc: tuple[int | str, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in ("postgres", "sqlite", "embedded") and out.endswith(
+        elif part in ("postgres", "sqlite", "embedded", "kafka") and out.endswith(
             ("source", "sink", "transport")
         ):
             continue  # pydantic's discriminator tag adds noise to the path
