@@ -21,8 +21,10 @@ demo: setup
 system-deps:
 	@scripts/system-deps.sh
 
+# The Kafka transport tests run against Tansu (a Kafka-protocol broker from PyPI) unless
+# SYNCLINE_KAFKA_BOOTSTRAP names a real broker; see docs/transports.md for what that covers.
 test: setup system-deps lint
-	$(BIN)/pytest
+	SYNCLINE_KAFKA_LOCAL=$${SYNCLINE_KAFKA_LOCAL:-tansu} PYTHON=$(BIN)/python $(BIN)/pytest -rxXs
 
 test-slow: setup system-deps
 	$(BIN)/pytest -m slow
