@@ -68,14 +68,24 @@ def run(
         str | None,
         typer.Option(help="Name of this apply worker (default: host, and pid for --role apply)."),
     ] = None,
+    api: Annotated[
+        str | None,
+        typer.Option(
+            "--api",
+            metavar="HOST:PORT",
+            help="Serve the management REST API here (overrides api.listen; docs/api.md).",
+        ),
+    ] = None,
 ) -> None:
     """Run the pipelines until SIGINT/SIGTERM, then drain and exit."""
+    from syncline.api.settings import resolve_settings
     from syncline.runtime import Runtime
 
     _setup_logging(log_level)
     try:
         cfg = load_config(config)
-        runtime = Runtime(cfg, pipeline or (), role=role, worker_id=worker_id)
+        settings = resolve_settings(cfg.api, api)
+        runtime = Runtime(cfg, pipeline or (), role=role, worker_id=worker_id, api=settings)
         # Fail fast on what a user can fix (typo in a host, wrong password, missing
         # table); once running, outages are retried instead.
         for p in runtime.pipelines:
