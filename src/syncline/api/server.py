@@ -32,6 +32,9 @@ class ApiServer:
                 f"the management API needs the 'api' extra: pip install 'syncline[api]' ({exc})"
             ) from None
         self.settings = settings
+        for name in ("uvicorn", "uvicorn.error"):  # its start/stop chatter: ours says enough
+            if logging.getLogger(name).level == logging.NOTSET:
+                logging.getLogger(name).setLevel(logging.WARNING)
         self.app = create_app(runtime, settings)
         self._server = uvicorn.Server(
             uvicorn.Config(
