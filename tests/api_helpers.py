@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from fastapi.testclient import TestClient
 from httpx import Response
+
+with warnings.catch_warnings():  # newer Starlette would rather have httpx2; httpx works
+    warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
+    from fastapi.testclient import TestClient
 
 from syncline.api.app import create_app
 from syncline.api.settings import resolve_settings

@@ -121,3 +121,22 @@ def test_api_refuses_to_listen_openly_without_tokens(tmp_path: Path) -> None:
     assert res.returncode == 2, res.stderr
     assert f"syncline: error: the API cannot listen on 127.0.0.1:{port}" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_check_reads_the_api_tokens_as_run_would(tmp_path: Path) -> None:
+    make_source(tmp_path / "s.db")
+    config = tmp_path / "c.yaml"
+    base = (
+        f"pipelines: [{{name: a, source: {{kind: sqlite, path: {tmp_path}/s.db, tables: [orders]}}, "
+        f"transport: {{path: {tmp_path}/log}}, sink: {{kind: sqlite, path: {tmp_path}/d.db}}}}]\n"
+    )
+    config.write_text(base + "api: {tokens: [{name: ci, role: admin, token_env: CI_API_TOKEN}]}\n")
+    res = syncline("check", str(config), env={"SYNCLINE_API_TOKENS": ""})
+    assert res.returncode == 2
+    assert res.stderr.strip() == (
+        "syncline: error: api.tokens: token ci reads environment variable CI_API_TOKEN, "
+        "which is not set"
+    )
+    res = syncline("check", str(config), env={"CI_API_TOKEN": "c" * 20, "SYNCLINE_API_TOKENS": ""})
+    assert res.returncode == 0, res.stderr
+    assert "api: 127.0.0.1:8083, 1 token(s)" in res.stdout

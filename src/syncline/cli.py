@@ -100,13 +100,17 @@ def run(
 @app.command()
 def check(config: ConfigArg) -> None:
     """Validate the config and connect to every source, log and sink (creates the embedded log if missing)."""
+    from syncline.api.settings import resolve_settings
     from syncline.pipeline import Pipeline
 
     try:
         cfg = load_config(config)
+        api = resolve_settings(cfg.api)  # tokens read from the environment as run would
     except SynclineError as exc:
         raise _fail(exc) from None
     typer.echo(f"{config}: config ok ({len(cfg.pipelines)} pipeline(s))")
+    if api is not None:
+        typer.echo(f"api: {api.host}:{api.port}, {len(api.tokens)} token(s)")
     failed = False
     for p in cfg.pipelines:
         try:
