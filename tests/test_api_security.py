@@ -214,6 +214,9 @@ def test_without_tokens_local_callers_are_admin_and_browsers_are_kept_out(
     )
     assert cross.status_code == 403 and "cross-origin" in cross.json()["error"]
     assert api.pipeline().stats.state == "paused"
+    health = api.call("GET", "/health/ready", None, headers={"Host": "evil.example:8083"})
+    assert health.status_code == 403
+    assert api.call("GET", "/health/ready", None).status_code == 200
     same = api.call(
         "POST", "/api/v1/pipelines/shop/resume", None, headers={"Origin": "http://127.0.0.1"}
     )

@@ -101,7 +101,8 @@ _ADMIN = Rule("admin", "unknown", True)
 
 
 class ApiGuard:
-    """ASGI middleware: authentication, authorization and audit for ``/api/``."""
+    """ASGI middleware: authentication, authorization and audit for ``/api/`` (and, without
+    tokens, the local-only checks for every path)."""
 
     def __init__(
         self, app: ASGIApp, *, routes: Sequence[BaseRoute], auth: Authenticator, audit: AuditLog
@@ -121,10 +122,17 @@ class ApiGuard:
         return None, {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith("/api/"):
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         request = Request(scope)
+        if not scope["path"].startswith("/api/"):
+            problem = _not_local(request) if self.auth.open_access else None
+            if problem:  # health details and docs too stay out of a rebinding page's reach
+                await error_response(403, problem)(scope, receive, send)
+            else:
+                await self.app(scope, receive, send)
+            return
         rule, params = self._match(scope)
         action = rule.action if rule else f"{scope['method']} {scope['path']}"
         client = scope.get("client")
