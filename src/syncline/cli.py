@@ -68,14 +68,24 @@ def run(
         str | None,
         typer.Option(help="Name of this apply worker (default: host, and pid for --role apply)."),
     ] = None,
+    api: Annotated[
+        str | None,
+        typer.Option(
+            "--api",
+            metavar="HOST:PORT",
+            help="Serve the management REST API here (overrides api.listen; docs/api.md).",
+        ),
+    ] = None,
 ) -> None:
     """Run the pipelines until SIGINT/SIGTERM, then drain and exit."""
+    from syncline.api.settings import resolve_settings
     from syncline.runtime import Runtime
 
     _setup_logging(log_level)
     try:
         cfg = load_config(config)
-        runtime = Runtime(cfg, pipeline or (), role=role, worker_id=worker_id)
+        settings = resolve_settings(cfg.api, api)
+        runtime = Runtime(cfg, pipeline or (), role=role, worker_id=worker_id, api=settings)
         # Fail fast on what a user can fix (typo in a host, wrong password, missing
         # table); once running, outages are retried instead.
         for p in runtime.pipelines:
@@ -90,13 +100,17 @@ def run(
 @app.command()
 def check(config: ConfigArg) -> None:
     """Validate the config and connect to every source, log and sink (creates the embedded log if missing)."""
+    from syncline.api.settings import resolve_settings
     from syncline.pipeline import Pipeline
 
     try:
         cfg = load_config(config)
+        api = resolve_settings(cfg.api)  # tokens read from the environment as run would
     except SynclineError as exc:
         raise _fail(exc) from None
     typer.echo(f"{config}: config ok ({len(cfg.pipelines)} pipeline(s))")
+    if api is not None:
+        typer.echo(f"api: {api.host}:{api.port}, {len(api.tokens)} token(s)")
     failed = False
     for p in cfg.pipelines:
         try:

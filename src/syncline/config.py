@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -335,8 +336,40 @@ class PipelineConfig(_Model):
         return v
 
 
+class ApiTokenConfig(_Model):
+    """One management API token: literal (``token``) or read from a variable (``token_env``)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.@-]{1,64}$")
+    role: Literal["viewer", "operator", "admin"]
+    token: str | None = None
+    token_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ApiTokenConfig:
+        if (self.token is None) == (self.token_env is None):
+            raise ValueError("give exactly one of token or token_env")
+        return self
+
+
+class ApiConfig(_Model):
+    """The management REST API served by ``syncline run`` (see docs/api.md)."""
+
+    listen: str = "127.0.0.1:8083"
+    tokens: list[ApiTokenConfig] = Field(default_factory=list)
+    audit_log: str = "./.syncline/audit.log"
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, v: str) -> str:
+        from syncline.api.settings import parse_listen
+
+        parse_listen(v)  # raises ValueError saying what is wrong
+        return v
+
+
 class Config(_Model):
     pipelines: list[PipelineConfig] = Field(min_length=1)
+    api: ApiConfig | None = None
 
     @model_validator(mode="after")
     def _unique_names(self) -> Config:
@@ -394,8 +427,13 @@ def _loc(loc: tuple[int | str, ...]) -> str:
 
 
 def format_validation_error(exc: ValidationError, origin: str) -> str:
+    return f"{origin}: " + format_errors(exc.errors())
+
+
+def format_errors(errors: Sequence[Any]) -> str:
+    """pydantic's error dicts as one line: ``field.path: what is wrong; …``."""
     parts = []
-    for err in exc.errors():
+    for err in errors:
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling)"
@@ -404,7 +442,7 @@ def format_validation_error(exc: ValidationError, origin: str) -> str:
                 f"unknown kind {err['ctx']['tag']!r}; expected one of {err['ctx']['expected_tags']}"
             )
         parts.append(f"{_loc(err['loc'])}: {msg}")
-    return f"{origin}: " + "; ".join(parts)
+    return "; ".join(parts)
 
 
 def parse_config(data: Any, origin: str = "config") -> Config:

@@ -71,6 +71,7 @@ class Pipeline:
         self._owned: set[int] | None = None  # partitions this process applies (None: all)
         self._capture_thread: threading.Thread | None = None
         self._apply_thread: threading.Thread | None = None
+        self.sides = (True, True)  # (capture, apply) as last started
         self.failure: SynclineError | None = None
 
     # ---- lifecycle -------------------------------------------------------------------
@@ -84,6 +85,7 @@ class Pipeline:
 
     def start(self, capture: bool = True, apply: bool = True) -> None:
         """Start the workers; the apply side runs in a child process if configured."""
+        self.sides = (capture, apply)
         loops: list[tuple[str, Callable[[], None]]] = []
         if capture:
             loops.append(("capture", self._capture_loop))
@@ -123,6 +125,31 @@ class Pipeline:
         if self.stats.state != "failed":
             self.stats.state = "stopped"
         self.transport.close()
+
+    def pause(self, timeout: float = 10.0) -> bool:
+        """Stop capturing and applying without draining; every position stays durable
+        (the log's checkpoint, the sink's offsets), so ``resume`` goes on from there.
+        True when both workers ended within ``timeout``."""
+        deadline = time.monotonic() + timeout
+        self._stop_capture.set()
+        if self._capture_thread is not None:
+            self._capture_thread.join(max(0.0, deadline - time.monotonic()))
+        self.stop_apply(max(0.0, deadline - time.monotonic()))
+        if self.stats.state != "failed":
+            self.stats.state = "paused"
+        return not self.alive
+
+    def resume(self) -> None:
+        """Start the workers again after ``pause`` or a failure, from the durable positions."""
+        if self.alive:
+            if not self._stop_capture.is_set() and not self._stop_apply.is_set():
+                return  # running already
+            raise TransientError(f"pipeline {self.name} is still stopping; try again")
+        self._stop_capture = threading.Event()
+        self._stop_apply = threading.Event()
+        self.failure = None
+        self.stats.state, self.stats.error = "starting", None
+        self.start(*self.sides)
 
     def stop_apply(self, timeout: float) -> None:
         self._stop_apply.set()

@@ -14,11 +14,16 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from types import FrameType
+from typing import TYPE_CHECKING
 
-from syncline.config import Config
+from syncline.config import Config, PipelineConfig
 from syncline.errors import ConfigError
 from syncline.metrics import pretty_bytes
 from syncline.pipeline import Pipeline
+
+if TYPE_CHECKING:
+    from syncline.api.server import ApiServer
+    from syncline.api.settings import ApiSettings
 
 log = logging.getLogger("syncline.runtime")
 
@@ -37,13 +42,18 @@ class Runtime:
         only: Sequence[str] = (),
         role: str = "all",
         worker_id: str | None = None,
+        api: ApiSettings | None = None,
     ) -> None:
         if role not in ROLES:
             raise ConfigError(f"--role must be one of {', '.join(ROLES)}, not {role!r}")
         cfgs = [config.pipeline(n) for n in only] if only else list(config.pipelines)
         self.role = role
+        self._worker_id = worker_id
         self.pipelines = [Pipeline(c, worker_id=_worker_id(c.name, role, worker_id)) for c in cfgs]
         self._stop = threading.Event()
+        self.api = api  # serve the management API (docs/api.md) while running
+        self.api_server: ApiServer | None = None
+        self.lock = threading.RLock()  # one management change at a time
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -56,15 +66,19 @@ class Runtime:
     ) -> int:
         """Start everything, block until stopped or all pipelines end; return an exit code."""
         self._install_signals()
+        if self.api is not None:
+            from syncline.api.server import ApiServer
+
+            self.api_server = ApiServer(self, self.api)
+            self.api_server.start()
         for p in self.pipelines:
-            p.start(capture=self.role != "apply", apply=self.role != "capture")
-            log.info("pipeline %s started (role %s, worker %s)", p.name, self.role, p.worker_id)
+            self._start(p)
         last_status = time.monotonic()
         while not self._stop.wait(0.2):
             if on_tick:
                 on_tick(self.pipelines)
-            if not any(p.alive for p in self.pipelines):
-                break
+            if self.api_server is None and not any(p.alive for p in self.pipelines):
+                break  # with the API on, pipelines may be resumed or added: keep serving
             snapshotting = any(p.stats.state == "snapshot" for p in self.pipelines)
             every = min(status_every, 2.0) if snapshotting else status_every
             if every and time.monotonic() - last_status >= every:
@@ -79,6 +93,8 @@ class Runtime:
 
     def shutdown(self, timeout: float = 10.0) -> None:
         """Drain and stop all pipelines in parallel, within ``timeout`` seconds."""
+        if self.api_server is not None:
+            self.api_server.stop()
         threads = [
             threading.Thread(target=p.stop, kwargs={"drain": True, "timeout": timeout})
             for p in self.pipelines
@@ -89,6 +105,73 @@ class Runtime:
             t.join(timeout + 1)
         for p in self.pipelines:
             log.info("pipeline %s stopped (%s): applied=%d", p.name, p.stats.state, p.stats.applied)
+
+    # ---- management (the API calls these under ``lock``) -------------------------------
+
+    def _start(self, p: Pipeline) -> None:
+        p.start(capture=self.role != "apply", apply=self.role != "capture")
+        log.info("pipeline %s started (role %s, worker %s)", p.name, self.role, p.worker_id)
+
+    def find(self, name: str) -> Pipeline | None:
+        return next((p for p in self.pipelines if p.name == name), None)
+
+    def build(self, cfg: PipelineConfig, check: bool = True) -> Pipeline:
+        """A pipeline for ``cfg`` (checked like ``syncline run`` does), not started."""
+        p = Pipeline(cfg, worker_id=_worker_id(cfg.name, self.role, self._worker_id))
+        if check:
+            try:
+                p.check(source=self.role != "apply", sink=self.role != "capture")
+            except BaseException:
+                p.transport.close()
+                raise
+        return p
+
+    def add(self, p: Pipeline) -> None:
+        self.pipelines = [*self.pipelines, p]
+        self._start(p)
+        log.info("pipeline %s added", p.name)
+
+    def remove(self, name: str, timeout: float = 10.0) -> Pipeline | None:
+        """Drain and stop the pipeline, then forget it (its log, slot and positions stay)."""
+        p = self.find(name)
+        if p is not None:
+            p.stop(drain=True, timeout=timeout)
+            self.pipelines = [q for q in self.pipelines if q is not p]
+            log.info("pipeline %s removed (%s)", name, p.stats.state)
+        return p
+
+    def replace(self, p: Pipeline, timeout: float = 10.0) -> None:
+        """Stop the pipeline of the same name, then run ``p`` in its place."""
+        old = self.find(p.name)
+        if old is not None:
+            old.stop(drain=True, timeout=timeout)
+            self.pipelines = [p if q is old else q for q in self.pipelines]
+            self._start(p)
+            log.info("pipeline %s updated", p.name)
+        else:
+            self.add(p)
+
+    def pause(self, name: str, timeout: float = 10.0) -> Pipeline | None:
+        p = self.find(name)
+        if p is not None:
+            p.pause(timeout)
+            log.info("pipeline %s paused", name)
+        return p
+
+    def resume(self, name: str) -> Pipeline | None:
+        p = self.find(name)
+        if p is not None:
+            p.resume()
+            log.info("pipeline %s resumed", name)
+        return p
+
+    def restart(self, name: str, timeout: float = 10.0) -> Pipeline | None:
+        p = self.find(name)
+        if p is not None:
+            p.pause(timeout)
+            p.resume()
+            log.info("pipeline %s restarted", name)
+        return p
 
     def _install_signals(self) -> None:
         if threading.current_thread() is not threading.main_thread():
