@@ -356,6 +356,63 @@ def test_restart_mid_snapshot_redoes_it(pg_source_dsn: str) -> None:
     assert {c.event.op for c in changes} == {"r"}
 
 
+def test_retaken_snapshot_replays_deletes_made_since_the_first_attempt(
+    pg_source_dsn: str,
+) -> None:
+    """Rows of a cut-short snapshot that were deleted before the retake must not stay behind."""
+    _exec(
+        pg_source_dsn,
+        "CREATE TABLE s (id int PRIMARY KEY, v text)",
+        "INSERT INTO s SELECT g, 'v' FROM generate_series(1, 50) g",
+    )
+    cfg = PostgresSourceConfig(kind="postgres", dsn=pg_source_dsn, tables=["s"])
+    name = f"resnap-{uuid.uuid4().hex[:8]}"
+    src = PostgresSource(cfg, name)
+    src.open(None)
+    part = src.read(10, 1)
+    assert part is not None and part.checkpoint["snapshot"] == "running"
+    src.close()  # a crash: ids 1-10 are in the log, the rest never will be from this snapshot
+    _exec(
+        pg_source_dsn,
+        "DELETE FROM s WHERE id <= 3",
+        "DELETE FROM s WHERE id = 40",
+        "DELETE FROM s WHERE id = 7",
+        "INSERT INTO s VALUES (7, 'back')",
+        "UPDATE s SET id = 108 WHERE id = 8",  # a key change: a delete of 8 and a create of 108
+    )
+
+    # second attempt, also cut short: replays those deletes, then part of the new snapshot
+    src = PostgresSource(cfg, name)
+    src.open(part.checkpoint)
+    batches: list[CaptureBatch] = []
+    again = _collect(src, 8, max_changes=8, ack=False, batches=batches)
+    src.close()
+    assert batches[-1].checkpoint["snapshot"] == "running"
+    assert [(c.event.op, c.key["id"]) for c in again[:6]] == [
+        ("d", 1), ("d", 2), ("d", 3), ("d", 40), ("d", 7), ("d", 8),
+    ]  # fmt: skip
+    assert {c.event.op for c in again[6:]} == {"r"}
+    _exec(pg_source_dsn, "DELETE FROM s WHERE id = 4", "INSERT INTO s VALUES (51, 'new')")
+
+    src = PostgresSource(cfg, name)
+    try:
+        src.open(batches[-1].checkpoint)
+        changes = _collect(src, 7 + 46, max_changes=20)
+        _exec(pg_source_dsn, "INSERT INTO s VALUES (52, 'streamed')")
+        streamed = _collect(src, 1)
+        time.sleep(0.2)
+        assert not _collect(src, 1, seconds=0.5)  # nothing repeated
+    finally:
+        src.close()
+    deletes = [c.key["id"] for c in changes if c.event.op == "d"]
+    assert deletes == [1, 2, 3, 40, 7, 8, 4]  # every delete since the first attempt, in order
+    assert [c.event.op for c in changes] == ["d"] * 7 + ["r"] * 46  # all before the rows
+    rows = {c.key["id"]: c.event.after["v"] for c in changes if c.event.op == "r"}  # type: ignore[index]
+    assert rows == dict(_query(pg_source_dsn, "SELECT id, v FROM s WHERE id <> 52"))
+    assert rows[7] == "back" and 108 in rows and 51 in rows
+    assert [(c.event.op, c.key["id"]) for c in streamed] == [("c", 52)]
+
+
 def test_idle_source_confirms_wal_it_does_not_capture(pg_source_dsn: str) -> None:
     _exec(pg_source_dsn, "CREATE TABLE cap (id int PRIMARY KEY)", "CREATE TABLE noise (id int)")
     src = _source(pg_source_dsn, ["cap"], snapshot="never", status_interval=0.2)
