@@ -669,6 +669,25 @@ def test_driver_messages_become_one_actionable_line(
     assert type(err) is kind and str(err) == ours
 
 
+@pytest.mark.parametrize(
+    "driver_message",
+    ["no COPY in progress", "error with status PGRES_COPY_BOTH and no message from the libpq"],
+)
+def test_stream_ended_by_a_server_shutdown_is_a_lost_connection(driver_message: str) -> None:
+    """psycopg2 reports these as a bare DatabaseError (no SQLSTATE) after a fast shutdown."""
+    from syncline.sources.postgres.errors import translate
+
+    ep = endpoint("postgresql://u:s3cret@db.example:6543/app", "orders")
+    err = translate(psycopg2.DatabaseError(driver_message), ep, "streaming changes")
+    assert type(err) is ConnectError
+    assert str(err) == (
+        "lost connection to PostgreSQL at db.example:6543 while streaming changes: "
+        f"{driver_message} (source of pipeline orders)"
+    )
+    # a server error (it has a SQLSTATE) is still judged by its class
+    assert isinstance(translate(psycopg2.errors.DivisionByZero("x"), ep), PermanentError)
+
+
 def test_check_on_a_server_without_logical_wal() -> None:
     """The machine's own PostgreSQL runs with wal_level=replica; use it when it is there."""
     dsn = "postgresql://postgres@127.0.0.1:5432/postgres"
