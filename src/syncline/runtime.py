@@ -7,6 +7,7 @@ any pipeline failed.
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import signal
 import threading
 import time
@@ -14,9 +15,37 @@ from collections.abc import Callable, Sequence
 from types import FrameType
 
 from syncline.config import Config
+from syncline.errors import SynclineError
 from syncline.pipeline import Pipeline
 
 log = logging.getLogger("syncline.runtime")
+
+STOP_RESERVE_S = 1.5  # of the drain timeout, kept for stopping workers after the drain
+STALLED_AFTER_S = 2.0  # apply behind the log and not moving for this long: not drained
+
+
+class _ApplyWatch:
+    """When each pipeline's apply side last moved, to tell a drain that cannot progress."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, tuple[dict[int, int], float]] = {}
+
+    def tick(self, pipelines: Sequence[Pipeline]) -> None:
+        now = time.monotonic()
+        for p in pipelines:
+            applied = p.applied_end
+            seen = self._seen.get(p.name)
+            if seen is None or seen[0] != applied:
+                self._seen[p.name] = (applied, now)
+
+    def stalled(self, p: Pipeline) -> bool:
+        seen = self._seen.get(p.name)
+        if seen is None or time.monotonic() - seen[1] < STALLED_AFTER_S:
+            return False
+        try:
+            return not p.caught_up()
+        except SynclineError:
+            return True
 
 
 class Runtime:
@@ -24,6 +53,7 @@ class Runtime:
         cfgs = [config.pipeline(n) for n in only] if only else list(config.pipelines)
         self.pipelines = [Pipeline(c) for c in cfgs]
         self._stop = threading.Event()
+        self._watch = _ApplyWatch()
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -41,6 +71,7 @@ class Runtime:
             log.info("pipeline %s started", p.name)
         last_status = time.monotonic()
         while not self._stop.wait(0.2):
+            self._watch.tick(self.pipelines)
             if on_tick:
                 on_tick(self.pipelines)
             if not any(p.alive for p in self.pipelines):
@@ -58,15 +89,46 @@ class Runtime:
         return 1 if failed else 0
 
     def shutdown(self, timeout: float = 10.0) -> None:
-        """Drain and stop all pipelines in parallel, within ``timeout`` seconds."""
-        threads = [
-            threading.Thread(target=p.stop, kwargs={"drain": True, "timeout": timeout})
-            for p in self.pipelines
-        ]
+        """Drain and stop all pipelines in parallel; the process can exit within ``timeout`` s.
+
+        A pipeline whose apply side is stuck behind the log (target down) is not
+        drained: nothing would move, and the log keeps its records for the next start. Part of the
+        budget is kept for stopping the workers; an apply worker process still busy
+        after it is killed, which is safe: its open batch is rolled back together
+        with its positions and applied again on the next start.
+        """
+        deadline = time.monotonic() + timeout
+        budget = max(0.0, timeout - min(STOP_RESERVE_S, timeout / 2))
+        threads = []
+        for p in self.pipelines:
+            drain = not self._watch.stalled(p)
+            if not drain:
+                log.warning(
+                    "pipeline %s: not draining, apply is stuck behind the log (see the warnings "
+                    "above); the log keeps the rest for the next start",
+                    p.name,
+                )
+            threads.append(
+                threading.Thread(
+                    target=p.stop,
+                    kwargs={"drain": drain, "timeout": budget},
+                    name=f"{p.name}-stop",
+                    daemon=True,
+                )
+            )
         for t in threads:
             t.start()
         for t in threads:
-            t.join(timeout + 1)
+            t.join(max(0.0, deadline - time.monotonic()))
+        for child in multiprocessing.active_children():
+            # children get the rest of the budget to finish the batch they are in
+            child.join(max(0.0, deadline - time.monotonic()))
+            if child.is_alive():
+                log.warning(
+                    "%s did not stop in time; killed (its open batch is redone)", child.name
+                )
+                child.kill()
+                child.join(1.0)
         for p in self.pipelines:
             log.info("pipeline %s stopped (%s): applied=%d", p.name, p.stats.state, p.stats.applied)
 
