@@ -204,7 +204,7 @@ class KillReport:
 
     delays: list[str] = field(default_factory=list)
     checked_from: int | None = None  # double_applies.seq baseline once the snapshot is applied
-    checked_cycles: int = 0
+    checked_cycles: int = 0  # kills after that point
 
     def __str__(self) -> str:
         return (
@@ -219,12 +219,20 @@ def kill_cycles(cfg: Path, dst: str, cycles: int, rng: random.Random, run_log: P
     Kinds of kill point, the first four in this order, then at random: ``capture``
     (as soon as this run publishes to the log: inside the initial snapshot while it
     lasts), ``start`` (0-0.6 s: imports, checks, slot creation), ``apply`` (as soon as
-    the target commits a batch of this run) and ``any`` (0.5-3 s).
+    the target commits a batch of this run) and ``any`` (0.5-3 s). If no kill has come
+    after the snapshot was applied yet, a few more follow (``caught-up``: once apply has
+    reached what the log held when the run started, plus 0-0.5 s).
     """
     report = KillReport()
     kinds = ["capture", "start", "apply", "any"]
-    for i in range(cycles):
+    i = 0
+    # Go on past ``cycles`` (a few times at most) until a kill has come after the snapshot
+    # was applied, so the double-apply check covers at least one killed run.
+    while i < cycles or (report.checked_cycles == 0 and i < cycles + 6):
         kind = kinds[i] if i < len(kinds) else rng.choice(kinds)
+        if i >= cycles:
+            kind = "caught-up"
+        i += 1
         applied = sum(target_positions(dst).values())
         published = sum(log_end_offsets(cfg).values())
         t0 = time.monotonic()
@@ -235,6 +243,12 @@ def kill_cycles(cfg: Path, dst: str, cycles: int, rng: random.Random, run_log: P
             time.sleep(rng.uniform(0, 0.6))
         elif kind == "apply":
             wait_until(lambda a=applied: sum(target_positions(dst).values()) > a, 30, 0.01)
+        elif kind == "caught-up":
+            ends = log_end_offsets(cfg)
+            wait_until(
+                lambda e=ends: all(target_positions(dst).get(p, 0) >= o for p, o in e.items()), 30
+            )
+            time.sleep(rng.uniform(0, 0.5))
         else:
             time.sleep(rng.uniform(0.5, 3.0))
         assert proc.alive(), f"syncline exited by itself: {run_log.read_text()[-3000:]}"

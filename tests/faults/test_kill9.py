@@ -16,7 +16,7 @@ from fault_helpers import (
 
 from e2e_helpers import SynclineProcess, Writer
 
-PRELOAD = 20_000  # rows already there: the first kills land inside the initial snapshot
+PRELOAD = 10_000  # rows already there: the first kills land inside the initial snapshot
 
 
 def run_kill_loop(tmp_path: Path, src: str, dst: str, cycles: int, seed: int) -> None:
@@ -35,8 +35,10 @@ def run_kill_loop(tmp_path: Path, src: str, dst: str, cycles: int, seed: int) ->
         diff = wait_converged(src, dst, 120)
         assert not diff, f"{report}: {diff}\n{run_log.read_text()[-3000:]}"
         # only changes applied after the snapshot count (see fault_helpers.snapshot_applied)
-        assert report.checked_from is not None, f"snapshot never applied between kills: {report}"
-        assert double_applies(dst, report.checked_from) == [], str(report)
+        assert report.checked_cycles > 0, f"snapshot never applied between kills: {report}"
+        assert report.checked_from is not None
+        doubles = double_applies(dst, report.checked_from)
+        assert doubles == [], f"{report}, baseline {report.checked_from}: {doubles[:20]}"
         assert proc.terminate() == 0
     finally:
         if proc.alive():
