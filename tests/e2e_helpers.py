@@ -165,6 +165,8 @@ class Writer(threading.Thread):
     def stop(self, timeout: float = 30) -> None:
         """Stop after the current transaction; raises what made the writer fail, if anything."""
         self._halt.set()
+        if self.ident is None:  # never started
+            return
         self.join(timeout)
         assert not self.is_alive(), "writer did not stop"
         if self.error is not None:

@@ -43,8 +43,11 @@ def test_full_disk_is_retried_and_resumes_by_itself_when_space_returns(
         cfg = pipeline_config(tmp_path / "syncline.yaml", src, dst, log_dir)
         proc = SynclineProcess(cfg, tmp_path / "run.log")
         writer = Writer(src, seed=4, first_id=501, pad=3000, pause=0)  # ~3 KB per insert
-        writer.start()
         try:
+            # the disk fills up while streaming (a snapshot cut short is taken again, and its
+            # rows upserted again, which the double-apply check would count)
+            assert wait_until(lambda: sum(target_positions(dst).values()) >= 500, 60)
+            writer.start()
             assert wait_until(lambda: "out of disk space" in log_text(proc), 120), log_text(proc)
             time.sleep(3)  # full for a while: retried, not fatal
             text = log_text(proc)
