@@ -213,25 +213,30 @@ class KillReport:
         )
 
 
-def kill_cycles(cfg: Path, dst: str, cycles: int, rng: random.Random, run_log: Path) -> KillReport:
+def kill_cycles(
+    cfg: Path, dst: str, cycles: int, rng: random.Random, run_log: Path, snapshot_kills: int = 1
+) -> KillReport:
     """Start syncline and kill -9 it ``cycles`` times at random points.
 
-    Kinds of kill point, the first four in this order, then at random: ``capture``
-    (as soon as this run publishes to the log: inside the initial snapshot while it
-    lasts), ``start`` (0-0.6 s: imports, checks, slot creation), ``apply`` (as soon as
+    Kinds of kill point, the first ones in this order, then at random: ``capture``
+    (``snapshot_kills`` times: as soon as this run publishes to the log, which is inside
+    the initial snapshot while it lasts), ``start`` (0-0.6 s: imports, checks, slot creation), ``apply`` (as soon as
     the target commits a batch of this run) and ``any`` (0.5-3 s). If no kill has come
     after the snapshot was applied yet, a few more follow (``caught-up``: once apply has
-    reached what the log held when the run started, plus 0-0.5 s).
+    reached what the log held when the run started, plus 0-0.5 s); in the random part, a
+    ``caught-up`` kill also comes as soon as the snapshot is complete in the log.
     """
     report = KillReport()
     kinds = ["capture", "start", "apply", "any"]
+    first = ["capture"] * snapshot_kills + kinds[1:]
     i = 0
+    snapshot_done = False
     # Go on past ``cycles`` (a few times at most) until a kill has come after the snapshot
     # was applied, so the double-apply check covers at least one killed run.
     while i < cycles or (report.checked_cycles == 0 and i < cycles + 6):
-        kind = kinds[i] if i < len(kinds) else rng.choice(kinds)
-        if i >= cycles:
-            kind = "caught-up"
+        kind = first[i] if i < len(first) else rng.choice(kinds)
+        if i >= cycles or (i >= len(first) and report.checked_from is None and snapshot_done):
+            kind = "caught-up"  # let apply get through the snapshot once, then check
         i += 1
         applied = sum(target_positions(dst).values())
         published = sum(log_end_offsets(cfg).values())
@@ -254,6 +259,7 @@ def kill_cycles(cfg: Path, dst: str, cycles: int, rng: random.Random, run_log: P
         assert proc.alive(), f"syncline exited by itself: {run_log.read_text()[-3000:]}"
         proc.kill9()
         ckpt = log_checkpoint(cfg)
+        snapshot_done = ckpt is not None and ckpt.get("snapshot") == "done"
         phase = "no checkpoint" if ckpt is None else f"snapshot {ckpt.get('snapshot')}"
         report.delays.append(f"{kind}@{time.monotonic() - t0:.2f}s ({phase})")
         if report.checked_from is not None:
