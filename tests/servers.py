@@ -106,21 +106,36 @@ class PgServer:
             )
             shutil.rmtree(os.path.dirname(self.datadir), ignore_errors=True)
 
-    def restart(self) -> None:
-        """Restart a server we started ourselves (fault tests)."""
-        assert self.datadir and self.bindir, "only a throwaway server can be restarted"
-        subprocess.run(
-            _as_pg_user(
-                [f"{self.bindir}/pg_ctl", "-D", self.datadir, "-m", "fast", "-w", "restart"]
-            ),
+    def _pg_ctl(self, *args: str) -> None:
+        assert self.datadir and self.bindir, "only a throwaway server can be stopped and started"
+        log = os.path.join(os.path.dirname(self.datadir), "log")
+        done = subprocess.run(
+            _as_pg_user([f"{self.bindir}/pg_ctl", "-D", self.datadir, "-l", log, "-w", *args]),
             capture_output=True,
-            check=True,
+            text=True,
+            check=False,
         )
+        if done.returncode != 0:
+            raise RuntimeError(f"pg_ctl {' '.join(args)} failed: {done.stdout}{done.stderr}")
+
+    def restart(self, mode: str = "fast") -> None:
+        """Restart a server we started ourselves (fault tests); ``mode`` is pg_ctl's -m."""
+        self._pg_ctl("-m", mode, "restart")
+
+    def halt(self, mode: str = "fast") -> None:
+        """Shut the server down but keep its data, so ``start`` brings it back (fault tests)."""
+        self._pg_ctl("-m", mode, "stop")
+
+    def start(self) -> None:
+        self._pg_ctl("start")
 
 
-def start_postgres(durable: bool = False, env_var: str = "SYNCLINE_TEST_PG_DSN") -> PgServer:
-    """``durable`` keeps fsync and synchronous_commit on (benchmarks); tests run faster without."""
-    env_dsn = os.environ.get(env_var)
+def start_postgres(durable: bool = False, env_var: str | None = "SYNCLINE_TEST_PG_DSN") -> PgServer:
+    """``durable`` keeps fsync and synchronous_commit on (benchmarks); tests run faster without.
+
+    ``env_var=None`` always starts a private server (fault tests stop and restart it).
+    """
+    env_dsn = os.environ.get(env_var) if env_var else None
     if env_dsn:
         return PgServer(admin_dsn=env_dsn)
     bindir = _pg_bindir()

@@ -17,7 +17,7 @@ import pytest
 
 from contract.transport_contract import TransportContract, by_partition, drain, rec
 from syncline.config import EmbeddedTransportConfig
-from syncline.errors import ConfigError, StorageError, TransportError
+from syncline.errors import ConfigError, DiskError, StorageError, TransientError, TransportError
 from syncline.transports import embedded
 from syncline.transports.base import Delivered, Transport, partition_for
 from syncline.transports.embedded import EmbeddedTransport
@@ -218,7 +218,7 @@ def test_poll_is_fair_across_partitions(log_dir: Path) -> None:
     t.close()
 
 
-def test_disk_full_is_a_storage_error_and_stores_nothing(log_dir: Path) -> None:
+def test_disk_full_is_a_retried_disk_error_and_stores_nothing(log_dir: Path) -> None:
     t = make(log_dir, 2)
     prod = t.producer()
     prod.publish([rec(i, str(i)) for i in range(10)], {"n": 10})
@@ -226,11 +226,12 @@ def test_disk_full_is_a_storage_error_and_stores_nothing(log_dir: Path) -> None:
     conn = prod._conn  # fault injection: cap the file at its current size
     pages = conn.execute("PRAGMA page_count").fetchone()[0]
     conn.execute(f"PRAGMA max_page_count = {pages}")
-    with pytest.raises(StorageError) as err:
+    with pytest.raises(DiskError) as err:
         prod.publish([rec(i, os.urandom(4096)) for i in range(50)], {"n": 60})
+    assert isinstance(err.value, TransientError)  # the pipeline retries until space returns
     assert str(err.value) == (
-        f"embedded log at {log_dir / 'orders.log.db'} is out of disk space; "
-        "free space and restart, nothing was lost"
+        f"embedded log at {log_dir / 'orders.log.db'} is out of disk space while appending "
+        "records; free space on its disk, nothing is lost"
     )
     assert t.end_offsets() == before
     assert prod.checkpoint() == {"n": 10}
@@ -243,14 +244,38 @@ def test_disk_full_is_a_storage_error_and_stores_nothing(log_dir: Path) -> None:
     t.close()
 
 
-def test_read_only_log_is_a_storage_error_naming_the_file(log_dir: Path) -> None:
+def test_read_only_log_is_a_retried_disk_error_naming_the_file(log_dir: Path) -> None:
     t = make(log_dir)
     prod = t.producer()
     prod._conn.execute("PRAGMA query_only = 1")  # fault injection: writes refused
-    with pytest.raises(StorageError) as err:
+    with pytest.raises(DiskError) as err:
         prod.publish([rec(1, "a")], {"n": 1})
     assert str(log_dir / "orders.log.db") in str(err.value)
     assert "writable" in str(err.value)
+    t.close()
+
+
+def test_known_group_reads_on_while_the_log_refuses_writes(
+    log_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Apply can drain what the log holds while its disk is full or read-only."""
+    t = make(log_dir, 2)
+    t.producer().publish([rec(i, str(i)) for i in range(10)], {"n": 10})
+    t.consumer("g").close()  # registered while the disk was fine
+    connect = t.connect
+
+    def refusing() -> sqlite3.Connection:
+        conn = connect()
+        conn.execute("PRAGMA query_only = 1")  # fault injection: every write refused
+        return conn
+
+    monkeypatch.setattr(t, "connect", refusing)
+    cons = t.consumer("g")
+    assert sorted(int(r.value) for r in drain(cons, 10)) == list(range(10))
+    with pytest.raises(DiskError):
+        cons.commit({0: 1})
+    with pytest.raises(DiskError, match="registering consumer group 'new'"):
+        t.consumer("new")
     t.close()
 
 

@@ -50,5 +50,13 @@ class TransportError(TransientError):
     """The durable log could not take or hand out records right now."""
 
 
+class DiskError(TransportError):
+    """The log's disk refuses writes now (full, read-only, permissions).
+
+    Retried, not fatal: freeing space or remounting the disk fixes it without a
+    restart, and until then nothing is confirmed to the source, so nothing is lost.
+    """
+
+
 class StorageError(PermanentError):
-    """The embedded log's storage is unusable (disk full, read-only, corrupt)."""
+    """The embedded log's file is unusable as it is (corrupt, foreign, wrong layout)."""

@@ -7,6 +7,7 @@ any pipeline failed.
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import signal
 import socket
@@ -17,7 +18,7 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from syncline.config import Config, PipelineConfig
-from syncline.errors import ConfigError
+from syncline.errors import ConfigError, SynclineError
 from syncline.metrics import pretty_bytes
 from syncline.pipeline import Pipeline
 
@@ -26,6 +27,33 @@ if TYPE_CHECKING:
     from syncline.api.settings import ApiSettings
 
 log = logging.getLogger("syncline.runtime")
+
+STOP_RESERVE_S = 1.5  # of the drain timeout, kept for stopping workers after the drain
+STALLED_AFTER_S = 2.0  # apply behind the log and not moving for this long: not drained
+
+
+class _ApplyWatch:
+    """When each pipeline's apply side last moved, to tell a drain that cannot progress."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, tuple[dict[int, int], float]] = {}
+
+    def tick(self, pipelines: Sequence[Pipeline]) -> None:
+        now = time.monotonic()
+        for p in pipelines:
+            applied = p.applied_end
+            seen = self._seen.get(p.name)
+            if seen is None or seen[0] != applied:
+                self._seen[p.name] = (applied, now)
+
+    def stalled(self, p: Pipeline) -> bool:
+        seen = self._seen.get(p.name)
+        if seen is None or time.monotonic() - seen[1] < STALLED_AFTER_S:
+            return False
+        try:
+            return not p.caught_up()
+        except SynclineError:
+            return True
 
 
 ROLES = ("all", "capture", "apply")
@@ -54,6 +82,7 @@ class Runtime:
         self.api = api  # serve the management API (docs/api.md) while running
         self.api_server: ApiServer | None = None
         self.lock = threading.RLock()  # one management change at a time
+        self._watch = _ApplyWatch()
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -75,6 +104,7 @@ class Runtime:
             self._start(p)
         last_status = time.monotonic()
         while not self._stop.wait(0.2):
+            self._watch.tick(self.pipelines)
             if on_tick:
                 on_tick(self.pipelines)
             if self.api_server is None and not any(p.alive for p in self.pipelines):
@@ -92,17 +122,48 @@ class Runtime:
         return 1 if failed else 0
 
     def shutdown(self, timeout: float = 10.0) -> None:
-        """Drain and stop all pipelines in parallel, within ``timeout`` seconds."""
+        """Drain and stop all pipelines in parallel; the process can exit within ``timeout`` s.
+
+        A pipeline whose apply side is stuck behind the log (target down) is not
+        drained: nothing would move, and the log keeps its records for the next start. Part of the
+        budget is kept for stopping the workers; an apply worker process still busy
+        after it is killed, which is safe: its open batch is rolled back together
+        with its positions and applied again on the next start.
+        """
         if self.api_server is not None:
             self.api_server.stop()
-        threads = [
-            threading.Thread(target=p.stop, kwargs={"drain": True, "timeout": timeout})
-            for p in self.pipelines
-        ]
+        deadline = time.monotonic() + timeout
+        budget = max(0.0, timeout - min(STOP_RESERVE_S, timeout / 2))
+        threads = []
+        for p in self.pipelines:
+            drain = not self._watch.stalled(p)
+            if not drain:
+                log.warning(
+                    "pipeline %s: not draining, apply is stuck behind the log (see the warnings "
+                    "above); the log keeps the rest for the next start",
+                    p.name,
+                )
+            threads.append(
+                threading.Thread(
+                    target=p.stop,
+                    kwargs={"drain": drain, "timeout": budget},
+                    name=f"{p.name}-stop",
+                    daemon=True,
+                )
+            )
         for t in threads:
             t.start()
         for t in threads:
-            t.join(timeout + 1)
+            t.join(max(0.0, deadline - time.monotonic()))
+        for child in multiprocessing.active_children():
+            # children get the rest of the budget to finish the batch they are in
+            child.join(max(0.0, deadline - time.monotonic()))
+            if child.is_alive():
+                log.warning(
+                    "%s did not stop in time; killed (its open batch is redone)", child.name
+                )
+                child.kill()
+                child.join(1.0)
         for p in self.pipelines:
             log.info("pipeline %s stopped (%s): applied=%d", p.name, p.stats.state, p.stats.applied)
 

@@ -3,45 +3,25 @@
 from __future__ import annotations
 
 import random
-import threading
 import time
 from pathlib import Path
 
-import psycopg2
 import pytest
 
-from e2e_helpers import SynclineProcess, pg_exec, pg_rows, syncline, wait_until, write_config
-
-SOURCE_DDL = """
-CREATE TABLE public.accounts (
-    id bigint PRIMARY KEY,
-    owner text NOT NULL,
-    balance numeric(18,2) NOT NULL,
-    version integer NOT NULL DEFAULT 1,
-    tags text[],
-    updated_at timestamptz NOT NULL DEFAULT now()
-);
-"""
-
-# The target refuses nothing but records every update that does not move `version`
-# forward: a change applied twice (or an old one re-applied) shows up here.
-TARGET_DDL = (
-    SOURCE_DDL
-    + """
-CREATE TABLE public.double_applies (id bigint, old_version int, new_version int);
-CREATE FUNCTION public.check_version() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-  IF NEW.version <= OLD.version THEN
-    INSERT INTO public.double_applies VALUES (OLD.id, OLD.version, NEW.version);
-  END IF;
-  RETURN NEW;
-END $$;
-CREATE TRIGGER accounts_version BEFORE UPDATE ON public.accounts
-  FOR EACH ROW EXECUTE FUNCTION public.check_version();
-"""
+from e2e_helpers import (
+    ACCOUNTS_DDL,
+    ACCOUNTS_SELECT,
+    ACCOUNTS_TARGET_DDL,
+    SynclineProcess,
+    Writer,
+    pg_exec,
+    pg_rows,
+    syncline,
+    wait_until,
+    write_config,
 )
 
-SELECT = "SELECT id, owner, balance, version, tags, updated_at FROM public.accounts ORDER BY id"
+SOURCE_DDL, TARGET_DDL, SELECT = ACCOUNTS_DDL, ACCOUNTS_TARGET_DDL, ACCOUNTS_SELECT
 
 
 def config(tmp_path: Path, src: str, dst: str, batch: int = 500) -> Path:
@@ -56,54 +36,6 @@ pipelines:
     batch: {{max_events: {batch}, max_wait_ms: 10}}
 """,
     )
-
-
-class Writer(threading.Thread):
-    """Random inserts, version-bumping updates and deletes in small transactions."""
-
-    def __init__(self, dsn: str, seconds: float, seed: int, first_id: int = 1) -> None:
-        super().__init__(daemon=True)
-        self.dsn, self.seconds, self.rng = dsn, seconds, random.Random(seed)
-        self.next_id = first_id
-        self.commits = 0
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            conn = psycopg2.connect(self.dsn)
-            cur = conn.cursor()
-            end = time.monotonic() + self.seconds
-            while time.monotonic() < end:
-                for _ in range(self.rng.randint(1, 8)):
-                    r = self.rng.random()
-                    if r < 0.5 or self.next_id < 20:
-                        cur.execute(
-                            "INSERT INTO accounts(id, owner, balance, tags) VALUES (%s, %s, %s, %s)",
-                            (
-                                self.next_id,
-                                f"owner {self.next_id}",
-                                self.rng.randint(0, 10**6) / 100,
-                                ["a", "b c"],
-                            ),
-                        )
-                        self.next_id += 1
-                    elif r < 0.9:
-                        cur.execute(
-                            "UPDATE accounts SET balance = balance + 1, version = version + 1, updated_at = now()"
-                            " WHERE id = %s",
-                            (self.rng.randint(1, self.next_id - 1),),
-                        )
-                    else:
-                        cur.execute(
-                            "DELETE FROM accounts WHERE id = %s",
-                            (self.rng.randint(1, self.next_id - 1),),
-                        )
-                conn.commit()
-                self.commits += 1
-                time.sleep(0.002)
-            conn.close()
-        except BaseException as exc:  # surfaced by the test
-            self.error = exc
 
 
 def test_snapshot_then_stream_converges(

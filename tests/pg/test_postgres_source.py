@@ -356,6 +356,63 @@ def test_restart_mid_snapshot_redoes_it(pg_source_dsn: str) -> None:
     assert {c.event.op for c in changes} == {"r"}
 
 
+def test_retaken_snapshot_replays_deletes_made_since_the_first_attempt(
+    pg_source_dsn: str,
+) -> None:
+    """Rows of a cut-short snapshot that were deleted before the retake must not stay behind."""
+    _exec(
+        pg_source_dsn,
+        "CREATE TABLE s (id int PRIMARY KEY, v text)",
+        "INSERT INTO s SELECT g, 'v' FROM generate_series(1, 50) g",
+    )
+    cfg = PostgresSourceConfig(kind="postgres", dsn=pg_source_dsn, tables=["s"])
+    name = f"resnap-{uuid.uuid4().hex[:8]}"
+    src = PostgresSource(cfg, name)
+    src.open(None)
+    part = src.read(10, 1)
+    assert part is not None and part.checkpoint["snapshot"] == "running"
+    src.close()  # a crash: ids 1-10 are in the log, the rest never will be from this snapshot
+    _exec(
+        pg_source_dsn,
+        "DELETE FROM s WHERE id <= 3",
+        "DELETE FROM s WHERE id = 40",
+        "DELETE FROM s WHERE id = 7",
+        "INSERT INTO s VALUES (7, 'back')",
+        "UPDATE s SET id = 108 WHERE id = 8",  # a key change: a delete of 8 and a create of 108
+    )
+
+    # second attempt, also cut short: replays those deletes, then part of the new snapshot
+    src = PostgresSource(cfg, name)
+    src.open(part.checkpoint)
+    batches: list[CaptureBatch] = []
+    again = _collect(src, 8, max_changes=8, ack=False, batches=batches)
+    src.close()
+    assert batches[-1].checkpoint["snapshot"] == "running"
+    assert [(c.event.op, c.key["id"]) for c in again[:6]] == [
+        ("d", 1), ("d", 2), ("d", 3), ("d", 40), ("d", 7), ("d", 8),
+    ]  # fmt: skip
+    assert {c.event.op for c in again[6:]} == {"r"}
+    _exec(pg_source_dsn, "DELETE FROM s WHERE id = 4", "INSERT INTO s VALUES (51, 'new')")
+
+    src = PostgresSource(cfg, name)
+    try:
+        src.open(batches[-1].checkpoint)
+        changes = _collect(src, 7 + 46, max_changes=20)
+        _exec(pg_source_dsn, "INSERT INTO s VALUES (52, 'streamed')")
+        streamed = _collect(src, 1)
+        time.sleep(0.2)
+        assert not _collect(src, 1, seconds=0.5)  # nothing repeated
+    finally:
+        src.close()
+    deletes = [c.key["id"] for c in changes if c.event.op == "d"]
+    assert deletes == [1, 2, 3, 40, 7, 8, 4]  # every delete since the first attempt, in order
+    assert [c.event.op for c in changes] == ["d"] * 7 + ["r"] * 46  # all before the rows
+    rows = {c.key["id"]: c.event.after["v"] for c in changes if c.event.op == "r"}  # type: ignore[index]
+    assert rows == dict(_query(pg_source_dsn, "SELECT id, v FROM s WHERE id <> 52"))
+    assert rows[7] == "back" and 108 in rows and 51 in rows
+    assert [(c.event.op, c.key["id"]) for c in streamed] == [("c", 52)]
+
+
 def test_idle_source_confirms_wal_it_does_not_capture(pg_source_dsn: str) -> None:
     _exec(pg_source_dsn, "CREATE TABLE cap (id int PRIMARY KEY)", "CREATE TABLE noise (id int)")
     src = _source(pg_source_dsn, ["cap"], snapshot="never", status_interval=0.2)
@@ -610,6 +667,25 @@ def test_driver_messages_become_one_actionable_line(
     ep = endpoint("postgresql://u:s3cret@db.example:6543/app", "orders")
     err = translate(psycopg2.OperationalError(driver_message + "\n\tdetail line"), ep, "streaming")
     assert type(err) is kind and str(err) == ours
+
+
+@pytest.mark.parametrize(
+    "driver_message",
+    ["no COPY in progress", "error with status PGRES_COPY_BOTH and no message from the libpq"],
+)
+def test_stream_ended_by_a_server_shutdown_is_a_lost_connection(driver_message: str) -> None:
+    """psycopg2 reports these as a bare DatabaseError (no SQLSTATE) after a fast shutdown."""
+    from syncline.sources.postgres.errors import translate
+
+    ep = endpoint("postgresql://u:s3cret@db.example:6543/app", "orders")
+    err = translate(psycopg2.DatabaseError(driver_message), ep, "streaming changes")
+    assert type(err) is ConnectError
+    assert str(err) == (
+        "lost connection to PostgreSQL at db.example:6543 while streaming changes: "
+        f"{driver_message} (source of pipeline orders)"
+    )
+    # a server error (it has a SQLSTATE) is still judged by its class
+    assert isinstance(translate(psycopg2.errors.DivisionByZero("x"), ep), PermanentError)
 
 
 def test_check_on_a_server_without_logical_wal() -> None:

@@ -7,9 +7,17 @@ import sys
 import time
 from pathlib import Path
 
-from test_pipeline_pg import SELECT, SOURCE_DDL, TARGET_DDL, Writer
-
-from e2e_helpers import REPO, pg_exec, pg_rows, wait_until, write_config
+from e2e_helpers import (
+    REPO,
+    SELECT,
+    SOURCE_DDL,
+    TARGET_DDL,
+    Writer,
+    pg_exec,
+    pg_rows,
+    wait_until,
+    write_config,
+)
 
 
 class Role:

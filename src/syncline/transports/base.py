@@ -52,9 +52,10 @@ class Producer(abc.ABC):
         """Durably append ``records`` (in order) and remember ``checkpoint``.
 
         When this returns, the records survive a crash of this process and of
-        the machine (fsync'd or replicated). Raises ``TransportError`` (retry) or
-        ``StorageError`` (operator must act); on error nothing is half-stored
-        in a way that loses or duplicates records after a retry.
+        the machine (fsync'd or replicated). Raises ``TransportError`` (retried;
+        ``DiskError`` for a full or read-only disk) or ``StorageError`` (operator must
+        act); on error nothing is half-stored in a way that loses or duplicates records
+        after a retry.
         """
 
     @abc.abstractmethod

@@ -10,6 +10,8 @@ batch; offsets stay per record. See docs/transports.md.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import fcntl
 import logging
 import os
@@ -24,7 +26,7 @@ from zlib import crc32
 import msgspec
 
 from syncline.config import EmbeddedTransportConfig
-from syncline.errors import ConfigError, StorageError, SynclineError, TransportError
+from syncline.errors import ConfigError, DiskError, StorageError, SynclineError, TransportError
 from syncline.transports.base import (
     Checkpoint,
     Consumer,
@@ -97,18 +99,59 @@ _encode_batch = msgspec.msgpack.Encoder().encode
 _decode_batch = msgspec.msgpack.Decoder(list[Record]).decode
 
 
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def _disk_refusal(directory: Path) -> OSError | None:
+    """Why ``directory`` refuses a small write (full, read-only, ...), or None if it takes it.
+
+    SQLite reports a read-only file system as a generic I/O error, and a disk full
+    while it checkpoints the same way; the operating system's own answer names the cause.
+    """
+    probe = directory / f".syncline-probe-{os.getpid()}-{threading.get_ident()}"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, bytes(8192))
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(probe)
+        return exc
+    return None
+
+
+def _disk_error(path: Path, doing: str, refusal: OSError) -> DiskError:
+    if refusal.errno in _DISK_FULL:
+        return DiskError(
+            f"embedded log at {path} is out of disk space while {doing} "
+            f"({refusal.strerror}); free space on its disk, nothing is lost"
+        )
+    return DiskError(
+        f"embedded log at {path} cannot be written while {doing} ({refusal.strerror}); "
+        "make its disk and directory writable, nothing is lost"
+    )
+
+
 def _translate(exc: sqlite3.Error, db: Path, doing: str) -> SynclineError:
-    """Map a SQLite error to the branch that decides retry (busy) or operator action."""
+    """Map a SQLite error to the branch that decides retry (busy, disk) or operator action."""
     code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
     msg = str(exc)
+    if code in (_FULL, _IOERR, _READONLY, _PERM, _CANTOPEN) or "disk is full" in msg:
+        refusal = _disk_refusal(db.parent)
+        if refusal is not None:
+            return _disk_error(db, doing, refusal)
     if code == _FULL or "disk is full" in msg:
-        return StorageError(
-            f"embedded log at {db} is out of disk space; free space and restart, nothing was lost"
+        return DiskError(
+            f"embedded log at {db} is out of disk space while {doing}; "
+            "free space on its disk, nothing is lost"
         )
     if code in (_READONLY, _PERM, _CANTOPEN) or "readonly" in msg or "unable to open" in msg:
-        return StorageError(
+        return DiskError(
             f"embedded log at {db} cannot be written while {doing} ({msg}); "
-            "make the file and its directory writable for this user"
+            "make the file and its directory writable for this user, nothing is lost"
         )
     if code in (_CORRUPT, _NOTADB):
         return StorageError(
@@ -298,9 +341,9 @@ def _acquire_lock(path: Path, pipeline: str) -> int:
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     except OSError as exc:
-        raise StorageError(
+        raise DiskError(
             f"cannot open the producer lock file {path} ({exc.strerror}); "
-            "make the log directory writable for this user"
+            "make the log's disk and directory writable for this user, nothing is lost"
         ) from exc
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -313,8 +356,9 @@ def _acquire_lock(path: Path, pipeline: str) -> int:
     except OSError as exc:
         os.close(fd)
         raise StorageError(f"cannot lock the producer lock file {path} ({exc.strerror})") from exc
-    os.ftruncate(fd, 0)
-    os.write(fd, f"{os.getpid()}\n".encode())  # for operators wondering who holds it
+    with contextlib.suppress(OSError):  # for operators wondering who holds it; a full disk
+        os.ftruncate(fd, 0)  # must not stop us from taking the lock
+        os.write(fd, f"{os.getpid()}\n".encode())
     return fd
 
 
@@ -383,7 +427,7 @@ class EmbeddedTransport(Transport):
                     conn.execute("ROLLBACK")
                 raise
         except sqlite3.Error as exc:
-            raise _translate(exc, self.db, "creating the log") from exc
+            raise _translate(exc, self.db, "opening the log") from exc
         fmt, stored = meta.get("format"), meta.get("partitions")
         if fmt is None or stored is None:
             raise StorageError(
@@ -601,17 +645,26 @@ class EmbeddedConsumer(Consumer):
         self._closed = False
         self._conn = transport.connect()
         try:
-            self._conn.execute("BEGIN IMMEDIATE")
-            # Registering pins retention until the group commits (see _enforce_retention).
-            self._conn.executemany(
-                "INSERT OR IGNORE INTO group_offsets (grp, partition, next_offset) VALUES (?, ?, 0)",
-                [(group, p) for p in self.partitions],
-            )
-            self._conn.execute("COMMIT")
             self._pos = self._committed()
+            # Registering pins retention until the group commits (see _enforce_retention).
+            # A known group writes nothing here, so it can read on while the disk is full.
+            if self._registered() != set(self.partitions):
+                self._conn.execute("BEGIN IMMEDIATE")
+                self._conn.executemany(
+                    "INSERT OR IGNORE INTO group_offsets (grp, partition, next_offset)"
+                    " VALUES (?, ?, 0)",
+                    [(group, p) for p in self.partitions],
+                )
+                self._conn.execute("COMMIT")
         except sqlite3.Error as exc:
             self._conn.close()
             raise _translate(exc, self._db, f"registering consumer group {group!r}") from exc
+
+    def _registered(self) -> set[int]:
+        rows = self._conn.execute(
+            "SELECT partition FROM group_offsets WHERE grp = ?", (self.group,)
+        ).fetchall()
+        return {p for (p,) in rows} & set(self.partitions)
 
     def _committed(self) -> dict[int, int]:
         rows = self._conn.execute(

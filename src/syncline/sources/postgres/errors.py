@@ -125,7 +125,11 @@ def translate(exc: BaseException, ep: Endpoint, doing: str = "") -> SynclineErro
         return SchemaError(f"{ep.scrub(raw)} in {ep.dbname} at {where} ({role})")
     if isinstance(exc, psycopg2.errors.InsufficientPrivilege):
         return AuthError(f"{ep.scrub(raw)} for user {ep.user} at {where} ({role})")
-    if isinstance(exc, psycopg2.OperationalError | psycopg2.InterfaceError):
+    # A bare DatabaseError without SQLSTATE comes from libpq, not the server: the
+    # replication stream ended under us (a server shutdown sends CopyDone, then psycopg2
+    # says "no COPY in progress" or "error with status PGRES_COPY_BOTH ...").
+    bare = type(exc) is psycopg2.DatabaseError and not getattr(exc, "pgcode", None)
+    if bare or isinstance(exc, psycopg2.OperationalError | psycopg2.InterfaceError):
         what = f" while {doing}" if doing else ""
         return ConnectError(
             f"lost connection to PostgreSQL at {where}{what}: {ep.scrub(raw)} ({role})"

@@ -12,16 +12,19 @@ converters as the stream, so a snapshot row and a streamed row look alike.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from typing import Any
 
+import psycopg2
 import psycopg2.extensions
 from psycopg2 import sql
 
 from syncline.events import Change, ChangeEvent, SourceInfo
 from syncline.sources.base import ProgressFn
 from syncline.sources.postgres.catalog import TableInfo
+from syncline.sources.postgres.pgoutput import Decoder
 from syncline.sources.postgres.values import StrConv, TypeRegistry
 
 CHUNK = 5000
@@ -173,3 +176,68 @@ class SnapshotReader:
         self._cursor = None
         if not self._conn.closed:
             self._conn.close()
+
+
+class DeleteReplay:
+    """Deletes and truncates committed since an interrupted snapshot began, to replay first.
+
+    A snapshot cut short by a crash leaves part of its rows in the log, and the
+    retake reads the tables as they are now. A row of the first part deleted in
+    between is in neither the retake nor the stream after it, so the target would
+    keep it for ever. The slot of the first attempt is kept (nothing was confirmed
+    on it) and still holds every change since that attempt's consistent point;
+    this reads its deletes and truncates up to the retake's consistent point,
+    without consuming them, so they go to the log before the retake's rows. A
+    deleted row that came back before the retake is restored by the retake.
+    """
+
+    def __init__(
+        self,
+        conn: Any,
+        slot: str,
+        upto_lsn: str,
+        options: dict[str, str],
+        decoder: Decoder,
+    ) -> None:
+        self._conn = conn
+        self._decoder = decoder
+        self._held: list[Change] = []
+        self._exhausted = False
+        self.finished = False  # every event has been handed out
+        self.replayed = 0
+        flat = [x for kv in options.items() for x in kv]
+        self._cursor = conn.cursor(name="syncline_delete_replay")
+        self._cursor.itersize = 1000
+        self._cursor.execute(
+            "SELECT data FROM pg_logical_slot_peek_binary_changes(%s, %s::pg_lsn, NULL, "
+            "VARIADIC %s::text[])",
+            (slot, upto_lsn, flat),
+        )
+
+    def read(self, max_changes: int) -> list[Change]:
+        """Up to ``max_changes`` delete/truncate events, in commit order."""
+        max_changes = max(1, max_changes)
+        out, self._held = self._held, []
+        decoded: list[Change] = []
+        feed = self._decoder.feed
+        while len(out) < max_changes and not self._exhausted:
+            rows = self._cursor.fetchmany(1000)
+            if not rows:
+                self._exhausted = True
+                self.close()
+                break
+            now = time.time_ns() // 1000
+            for (data,) in rows:
+                feed(bytes(data), decoded, now)
+            out += [c for c in decoded if c.event.op in ("d", "t")]
+            decoded.clear()
+        self._held = out[max_changes:]
+        del out[max_changes:]
+        self.finished = self._exhausted and not self._held
+        self.replayed += len(out)
+        return out
+
+    def close(self) -> None:
+        if not self._conn.closed:
+            with contextlib.suppress(psycopg2.Error):
+                self._conn.close()

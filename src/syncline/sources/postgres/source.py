@@ -7,8 +7,9 @@ Lifecycle (see ``Source`` in sources/base.py for the contract):
   saying the snapshot never finished) and ``snapshot: initial`` it recreates the
   slot with an exported snapshot and reads every table inside it; streaming
   then starts from the slot's consistent point, so nothing is lost or doubled.
-  Snapshot rows may be emitted again if the process dies mid-snapshot; streamed
-  changes never are.
+  Snapshot rows may be emitted again if the process dies mid-snapshot (the
+  retake keeps the first slot and replays the deletes made in between first,
+  see ``DeleteReplay``); streamed changes never are.
 * ``read`` hands out changes as they arrive, splitting large transactions over
   several batches; each batch's checkpoint is ``{"lsn", "seq", "end_lsn",
   "snapshot"}``: the commit LSN and in-transaction position of the last change
@@ -29,8 +30,11 @@ Lifecycle (see ``Source`` in sources/base.py for the contract):
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
 import select
 import time
+import zlib
 from typing import Any
 
 import psycopg2
@@ -49,9 +53,11 @@ from syncline.sources.postgres.errors import (
     translate,
     wal_level_message,
 )
-from syncline.sources.postgres.pgoutput import Decoder, parse_lsn
-from syncline.sources.postgres.snapshot import SnapshotReader
+from syncline.sources.postgres.pgoutput import Decoder, format_lsn, parse_lsn
+from syncline.sources.postgres.snapshot import DeleteReplay, SnapshotReader
 from syncline.sources.postgres.values import TypeInfo, TypeRegistry
+
+log = logging.getLogger(__name__)
 
 
 def default_slot(pipeline: str) -> str:
@@ -75,6 +81,7 @@ class PostgresSource(Source):
         self._registry = TypeRegistry(self._fetch_type)
         self._decoder: Decoder | None = None
         self._snapshot: SnapshotReader | None = None
+        self._replay: DeleteReplay | None = None
         self._carry: list[Change] = []
         self._ckpt: Checkpoint = {}
         self._returned: tuple[int, int, int] = (0, -1, 0)  # (lsn, seq, end_lsn) last handed out
@@ -195,31 +202,25 @@ class PostgresSource(Source):
         self._cur = self._repl.cursor()
         keys = {t: info.key for t, info in self._tables.items()}
 
+        if resnapshot and checkpoint is not None and slot is not None:
+            # The log may hold rows of an interrupted snapshot: retake it, keeping the slot.
+            self._retake_snapshot(keys)
+            return
         if resnapshot:
-            # A slot without a finished snapshot is useless to us: its snapshot is gone.
+            # A slot without a snapshot in the log is useless to us: its snapshot is gone.
             if slot is not None:
                 self._drop_slot()
+            elif checkpoint is not None:
+                log.warning(
+                    "pipeline %s: slot %s of an interrupted snapshot is gone; rows deleted "
+                    "since that snapshot began may stay in the target",
+                    self.pipeline,
+                    self.slot,
+                )
             row = self._repl_command(
                 f'CREATE_REPLICATION_SLOT "{self.slot}" LOGICAL pgoutput EXPORT_SNAPSHOT'
             )
-            lsn = parse_lsn(row[1])
-            snap_conn = connect(self._ep)
-            try:
-                self._snapshot = SnapshotReader(
-                    snap_conn,
-                    row[2],
-                    list(self._tables.values()),
-                    self._registry,
-                    self.pipeline,
-                    self._ep.dbname,
-                    lsn,
-                    self.on_progress,
-                )
-            except psycopg2.Error as exc:
-                snap_conn.close()
-                raise translate(exc, self._ep, "starting the snapshot") from exc
-            self._set_position(lsn, -1, lsn, "running")
-            self._decoder = self._new_decoder(keys)
+            self._start_snapshot(parse_lsn(row[1]), row[2], keys)
             return
 
         if checkpoint is not None:
@@ -243,6 +244,67 @@ class PostgresSource(Source):
             self._decoder = self._new_decoder(keys)
         self._set_position(lsn, seq, end, "done")
         self._start_streaming(end)
+
+    def _start_snapshot(self, lsn: int, name: str, keys: dict[str, tuple[str, ...]]) -> None:
+        """Read every table inside exported snapshot ``name``; stream from ``lsn`` after it."""
+        snap_conn = connect(self._ep)
+        try:
+            self._snapshot = SnapshotReader(
+                snap_conn,
+                name,
+                list(self._tables.values()),
+                self._registry,
+                self.pipeline,
+                self._ep.dbname,
+                lsn,
+                self.on_progress,
+            )
+        except psycopg2.Error as exc:
+            snap_conn.close()
+            raise translate(exc, self._ep, "starting the snapshot") from exc
+        self._set_position(lsn, -1, lsn, "running")
+        self._decoder = self._new_decoder(keys)
+
+    def _retake_snapshot(self, keys: dict[str, tuple[str, ...]]) -> None:
+        """Take an interrupted snapshot again without losing the deletes made meanwhile.
+
+        The slot stays: nothing was confirmed on it, so it still holds every change
+        since the first attempt's consistent point. A temporary slot exports the new
+        snapshot; its consistent point ``c2`` is where the slot's stream resumes
+        (transactions committed before it are in the snapshot, as for a new slot),
+        and the slot's deletes before ``c2`` are replayed ahead of the snapshot rows.
+        """
+        tag = f"{os.getpid()}_{zlib.crc32(self.slot.encode()):08x}"
+        temp = connect(self._ep, replication=True)
+        try:
+            try:
+                with temp.cursor() as cur:
+                    cur.execute(
+                        f'CREATE_REPLICATION_SLOT "syncline_retake_{tag}" TEMPORARY LOGICAL '
+                        "pgoutput EXPORT_SNAPSHOT"
+                    )
+                    row = cur.fetchone()
+            except psycopg2.Error as exc:
+                raise translate(exc, self._ep, "creating a temporary replication slot") from exc
+            c2 = parse_lsn(row[1])
+            self._start_snapshot(c2, row[2], keys)  # imported: it outlives the temporary slot
+        finally:
+            temp.close()
+        options = {k: v for k, v in self._options().items() if k != "messages"}
+        replay_conn = connect(self._ep)
+        try:
+            self._replay = DeleteReplay(
+                replay_conn, self.slot, format_lsn(c2), options, self._new_decoder(keys)
+            )
+        except psycopg2.Error as exc:
+            replay_conn.close()
+            raise translate(exc, self._ep, f"reading deletes from slot {self.slot}") from exc
+        log.info(
+            "pipeline %s: taking the interrupted snapshot again; deletes since it began "
+            "are replayed first from slot %s",
+            self.pipeline,
+            self.slot,
+        )
 
     def _new_decoder(
         self, keys: dict[str, tuple[str, ...]], skip: tuple[int, int] | None = None
@@ -300,6 +362,10 @@ class PostgresSource(Source):
         return options
 
     def read(self, max_changes: int, timeout: float) -> CaptureBatch | None:
+        if self._replay is not None:
+            batch = self._read_replay(max_changes)
+            if batch is not None:
+                return batch
         if self._snapshot is not None:
             return self._read_snapshot(max_changes)
         if not self._streaming or self._decoder is None:
@@ -373,6 +439,22 @@ class PostgresSource(Source):
         if end == before:
             return None
         return self._batch([])
+
+    def _read_replay(self, max_changes: int) -> CaptureBatch | None:
+        replay = self._replay
+        assert replay is not None
+        try:
+            changes = replay.read(max_changes)
+        except psycopg2.Error as exc:
+            raise translate(exc, self._ep, f"reading deletes from slot {self.slot}") from exc
+        if replay.finished:
+            self._replay = None
+            log.info(
+                "pipeline %s: replayed %d deletes made during the interrupted snapshot",
+                self.pipeline,
+                replay.replayed,
+            )
+        return CaptureBatch(changes, dict(self._ckpt)) if changes else None
 
     def _read_snapshot(self, max_changes: int) -> CaptureBatch:
         snap = self._snapshot
@@ -448,6 +530,9 @@ class PostgresSource(Source):
         if self._snapshot is not None:
             self._snapshot.close()
             self._snapshot = None
+        if self._replay is not None:
+            self._replay.close()
+            self._replay = None
         for conn in (self._repl, self._conn):
             if conn is not None and not conn.closed:
                 with contextlib.suppress(psycopg2.Error):
