@@ -8,10 +8,16 @@ import time
 from pathlib import Path
 
 from e2e_helpers import (
+    ACCOUNTS_DDL as SOURCE_DDL,
+)
+from e2e_helpers import (
+    ACCOUNTS_SELECT as SELECT,
+)
+from e2e_helpers import (
+    ACCOUNTS_TARGET_DDL as TARGET_DDL,
+)
+from e2e_helpers import (
     REPO,
-    SELECT,
-    SOURCE_DDL,
-    TARGET_DDL,
     Writer,
     pg_exec,
     pg_rows,
