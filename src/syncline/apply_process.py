@@ -23,6 +23,7 @@ import time
 from typing import Any
 
 from syncline.config import PipelineConfig
+from syncline.errors import SynclineError
 from syncline.gctune import tune_for_throughput
 from syncline.schema import TableSchema
 
@@ -47,12 +48,18 @@ def child_main(
 ) -> None:
     """Entry point of the child: run the apply loop, report, stop when told or orphaned."""
     _die_with_parent()
+    if os.getppid() != parent_pid:  # the parent died before PDEATHSIG was armed
+        os._exit(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
     from syncline.pipeline import Pipeline
 
-    pipe = Pipeline(PipelineConfig.model_validate(cfg_data), worker_id=worker_id)
+    try:
+        pipe = Pipeline(PipelineConfig.model_validate(cfg_data), worker_id=worker_id)
+    except SynclineError as exc:  # e.g. the log's disk refuses to open: the parent retries
+        log.error("apply worker could not start: %s", exc)
+        os._exit(1)
     pipe.provide_schemas(schemas)
     tune_for_throughput()
     pipe.start(capture=False)

@@ -69,6 +69,7 @@ class Pipeline:
         self._schemas_ready = threading.Event()
         self._applied_end: dict[int, int] = {}
         self._owned: set[int] | None = None  # partitions this process applies (None: all)
+        self._trouble: dict[str, str] = {}  # side → why it is retrying (state "degraded")
         self._capture_thread: threading.Thread | None = None
         self._apply_thread: threading.Thread | None = None
         self.sides = (True, True)  # (capture, apply) as last started
@@ -219,12 +220,22 @@ class Pipeline:
             raise PermanentError(
                 f"{side}: gave up after {limit} attempts (retry.max_attempts): {exc}"
             )
+        self._trouble[side] = f"{side}: {exc}"
         self.stats.state = "degraded"
-        self.stats.error = f"{side}: {exc}"
+        self.stats.error = self._trouble[side]
         self.stats.retries += 1
         delay = backoff.next_delay()
         log.warning("pipeline %s %s: %s (retrying in %.1fs)", self.name, side, exc, delay)
         return delay
+
+    def _healthy(self, side: str) -> None:
+        """``side`` works again; the pipeline is running once no side is in trouble."""
+        if self._trouble.pop(side, None) is None and self.stats.state != "degraded":
+            return
+        if self._trouble:  # the other side is still failing: say so
+            self.stats.state, self.stats.error = "degraded", next(iter(self._trouble.values()))
+        elif self.stats.state == "degraded":
+            self.stats.state, self.stats.error = "running", None
 
     # ---- capture ---------------------------------------------------------------------
 
@@ -268,7 +279,7 @@ class Pipeline:
     def _capture(self, source: Source, producer: Producer, backoff: Backoff) -> None:
         max_events = self.cfg.batch.max_events
         stats = self.stats
-        if stats.state in ("starting", "degraded"):
+        if stats.state == "starting":
             stats.state = "running"
         while not self._stop_capture.is_set():
             batch = source.read(max_events, 0.1)
@@ -287,12 +298,11 @@ class Pipeline:
             stats.captured += len(records)
             stats.published += len(records)
             stats.source_checkpoint = batch.checkpoint
-            if stats.state == "degraded" or (
-                stats.state == "snapshot"
-                and (not batch.changes or batch.changes[-1].event.source.snapshot != "true")
+            if stats.state == "snapshot" and (
+                not batch.changes or batch.changes[-1].event.source.snapshot != "true"
             ):
                 stats.state = "running"
-                stats.error = None
+            self._healthy("capture")
             backoff.reset()
 
     # ---- apply in a child process -----------------------------------------------------
@@ -349,11 +359,11 @@ class Pipeline:
         self._owned = report["owned"]
         if report["latencies"]:
             stats.record_latencies(report["latencies"])
-        if report["state"] == "degraded" or stats.state == "degraded":
-            if report["state"] == "degraded":
-                stats.state, stats.error = "degraded", report["error"]
-            elif stats.error and stats.error.startswith("apply"):
-                stats.state, stats.error = "running", None
+        if report["state"] == "degraded":
+            self._trouble["apply"] = report["error"] or "apply: degraded"
+            stats.state, stats.error = "degraded", self._trouble["apply"]
+        else:
+            self._healthy("apply")
 
     # ---- apply -----------------------------------------------------------------------
 
@@ -460,8 +470,12 @@ class Pipeline:
             self._applied_end = dict(positions)
             if time.monotonic() - last_commit >= GROUP_COMMIT_INTERVAL_S:
                 # Advisory (the sink holds the authoritative offsets), so it is batched:
-                # a write to the log per apply would contend with the producer.
-                consumer.commit(positions)
+                # a write to the log per apply would contend with the producer. A failure
+                # (log disk full) must not stop applying: the next commit catches up.
+                try:
+                    consumer.commit(positions)
+                except TransientError as exc:
+                    log.warning("pipeline %s: group offsets not recorded: %s", self.name, exc)
                 last_commit = time.monotonic()
             stats.applied += result.applied
             stats.skipped += result.skipped
@@ -473,9 +487,7 @@ class Pipeline:
                     if c.event.op != "r"
                 ]
             )
-            if stats.state == "degraded":
-                stats.state = "running"
-                stats.error = None
+            self._healthy("apply")
             backoff.reset()
 
 

@@ -24,11 +24,6 @@ from syncline.errors import TransientError
 from syncline.sinks.postgres import PostgresSink
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug in sinks/postgres.py: the fence misses position rows a concurrent applier "
-    "inserted (re-read them after taking the lock, in a new statement)",
-)
 def test_fence_sees_first_positions_stored_by_a_concurrent_applier(pg_target_dsn: str) -> None:
     pg_exec(
         pg_target_dsn,

@@ -787,8 +787,8 @@ class PostgresSink(Sink):
         self._origins = SessionOrigin(self.where, self._user)  # used if config.origin is set
         self._lww = any(r.strategy == "lww" for r in rules)
         self._tombs: set[str] = set()  # target tables whose tombstone trigger is installed
-        if self._lww:  # marks the apply transaction, so the tombstone triggers skip it
-            self._fence_sql = "SET LOCAL syncline.applying = 'on'; " + self._fence_sql
+        # marks the apply transaction, so the tombstone triggers skip it
+        self._applying_sql = "SET LOCAL syncline.applying = 'on'; " if self._lww else ""
 
     @property
     def where(self) -> str:
@@ -1214,10 +1214,13 @@ class PostgresSink(Sink):
             with conn.cursor() as cur:
                 what = f"locking the positions of pipeline {self._pipeline} in {OFFSETS}"
                 if self._worker is None:
-                    cur.execute(self._fence_sql, (self._pipeline,))
+                    cur.execute(self._applying_sql + self._fence_sql, (self._pipeline,) * 2)
                     fence_check(self._pipeline, self._expected, cur.fetchall())
                 else:
-                    cur.execute(leases.pg_fence_sql(OFFSETS), (self._pipeline, sorted(self._owned)))
+                    cur.execute(
+                        self._applying_sql + leases.pg_fence_sql(OFFSETS),
+                        (self._pipeline, sorted(self._owned)),
+                    )
                     needed = {leases.guarded_partition(k) for k in positions}
                     leases.check_fence(
                         self._pipeline,
@@ -1260,9 +1263,12 @@ class PostgresSink(Sink):
         self.conflicts_detected += result.conflicts
         return result
 
+    # Lock the fence row, then read the positions in a second statement: in READ
+    # COMMITTED a statement that waited for a lock keeps its snapshot and would miss
+    # position rows the other applier inserted (tests/faults/test_apply_race.py).
     _fence_sql = (
-        f"SELECT partition, next_offset FROM {OFFSETS} WHERE pipeline = %s "
-        "ORDER BY partition FOR UPDATE"
+        f"SELECT 1 FROM {OFFSETS} WHERE pipeline = %s AND partition = -1 FOR UPDATE; "
+        f"SELECT partition, next_offset FROM {OFFSETS} WHERE pipeline = %s ORDER BY partition"
     )
 
     def _apply_ops(
