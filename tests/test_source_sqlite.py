@@ -447,7 +447,8 @@ def test_missing_table_and_missing_key(tmp_path: Path) -> None:
     cases = {
         "ghost": f"table ghost does not exist in {path} (source of pipeline p)",
         "vw": f"vw in {path} is a view; capture needs a table (source of pipeline p)",
-        "nokey": "table nokey has no primary key: add one; syncline needs a key to keep per-row order",
+        "nokey": f"table nokey in {path} has no primary key: add one (syncline applies changes"
+        " by key) (source of pipeline p)",
     }
     for table, msg in cases.items():
         src = source(path, ["items", table])

@@ -68,12 +68,23 @@ def run(
         # Fail fast on what a user can fix (typo in a host, wrong password, missing
         # table); once running, outages are retried instead.
         for p in runtime.pipelines:
-            p.check()
+            try:
+                p.check()
+            except SynclineError as exc:
+                raise type(exc)(_named(p.name, str(exc))) from exc
         tune_for_throughput()
         code = runtime.run(drain_timeout=drain_timeout)
     except SynclineError as exc:
         raise _fail(exc) from None
+    for p in runtime.pipelines:
+        if p.stats.state == "failed":  # the log said it already; this is the line to act on
+            typer.echo(f"syncline: error: {_named(p.name, p.stats.error or 'failed')}", err=True)
     raise typer.Exit(code)
+
+
+def _named(pipeline: str, message: str) -> str:
+    """``message``, prefixed with the pipeline unless it already names it."""
+    return message if f"pipeline {pipeline}" in message else f"pipeline {pipeline}: {message}"
 
 
 @app.command()
@@ -86,16 +97,16 @@ def check(config: ConfigArg) -> None:
     except SynclineError as exc:
         raise _fail(exc) from None
     typer.echo(f"{config}: config ok ({len(cfg.pipelines)} pipeline(s))")
-    failed = False
+    code = 0
     for p in cfg.pipelines:
         try:
             for note in Pipeline(p).check():
                 typer.echo(f"  {p.name}: {note}")
             typer.echo(f"{p.name}: ok")
         except SynclineError as exc:
-            typer.echo(f"{p.name}: error: {exc}", err=True)
-            failed = True
-    raise typer.Exit(1 if failed else 0)
+            typer.echo(f"syncline: error: {_named(p.name, str(exc))}", err=True)
+            code = max(code, 2 if isinstance(exc, ConfigError) else 1)
+    raise typer.Exit(code)
 
 
 @app.command()

@@ -389,7 +389,7 @@ class _Loader(yaml.SafeLoader):
 def _no_duplicates(loader: _Loader, node: yaml.MappingNode, deep: bool = False) -> Any:
     seen: set[Any] = set()
     for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+        key = loader.construct_object(key_node, deep=deep)
         if isinstance(key, str | int | float | bool) and key in seen:
             raise yaml.constructor.ConstructorError(
                 None,
@@ -419,7 +419,9 @@ def _yaml_hint(exc: yaml.YAMLError) -> str:
     if "flow mapping" in context:
         return f"the {{ mapping that starts{opened} is never closed"
     if "block end" in problem or "mapping values are not allowed" in problem:
-        return "check the indentation (keys of one mapping must line up) and a missing space after ':'"
+        return (
+            "check the indentation (keys of one mapping must line up) and a missing space after ':'"
+        )
     return ""
 
 
@@ -442,11 +444,13 @@ def load_config(path: str | os.PathLike[str], env: dict[str, str] | None = None)
     except ConfigError as exc:
         raise ConfigError(f"{p}: {exc}") from None
     try:
-        data = yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
+        data = yaml.load(text, Loader=_Loader)  # a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         hint = _yaml_hint(exc)
-        raise ConfigError(f"{p}: invalid YAML{where}: {problem}" + (f"; {hint}" if hint else "")) from None
+        raise ConfigError(
+            f"{p}: invalid YAML{where}: {problem}" + (f"; {hint}" if hint else "")
+        ) from None
     return parse_config(data, str(p))

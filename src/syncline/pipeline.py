@@ -23,7 +23,7 @@ from typing import Any
 
 from syncline.config import PipelineConfig
 from syncline.dispatcher import Dispatcher, origin_runs
-from syncline.dlq import DeadLetterStore
+from syncline.dlq import DeadLetterStore, check_dlq_dir
 from syncline.errors import PermanentError, SynclineError, TransientError
 from syncline.events import encode_key, encode_value, now_us
 from syncline.factory import build_sink, build_source, build_transport
@@ -69,8 +69,21 @@ class Pipeline:
     # ---- lifecycle -------------------------------------------------------------------
 
     def check(self) -> list[str]:
-        notes = [*self._source_factory().check(), *self.transport.check()]
-        notes += self._sink_factory().check()
+        """Connect to everything and check the target tables against the source's shapes.
+
+        What the apply worker would refuse at start (a missing target table or
+        column, a key mismatch, an unusable dead-letter directory) is refused here,
+        so ``syncline run`` stops with one line before anything runs.
+        """
+        source = self._source_factory()
+        try:
+            notes = [*source.check(), *self.transport.check()]
+            schemas = self._chain.schemas(source.describe())
+        finally:
+            source.close()
+        notes += self._sink_factory().check(schemas)
+        if self.cfg.dlq.enabled:
+            notes.append(check_dlq_dir(self.cfg.dlq_dir, self.name))
         return notes
 
     def start(self, capture: bool = True, apply: bool = True) -> None:

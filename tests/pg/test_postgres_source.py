@@ -513,7 +513,8 @@ def test_wrong_password(pg_source_dsn: str) -> None:
         src.check()
     port = urlsplit(pg_source_dsn).port
     assert str(info.value) == (
-        f"password authentication failed for user postgres at 127.0.0.1:{port} (source of pipeline {src.pipeline})"
+        f"password authentication failed for user postgres at 127.0.0.1:{port} (source of pipeline {src.pipeline}); "
+        "check the user and password in the source dsn"
     )
     assert "not-the-password" not in str(info.value)
 

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import binascii
 import contextlib
+import dataclasses
 import hashlib
 import io
+import logging
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -76,6 +78,8 @@ from syncline.sinks.sql import (
 )
 from syncline.sources.postgres.origins import SessionOrigin, newest_ts_us, split_by_origin
 from syncline.sources.postgres.pgoutput import DELETE_MESSAGE
+
+log = logging.getLogger("syncline.sink.postgres")
 
 OFFSETS = "syncline.syncline_offsets"
 _COPY_CHUNK = 1 << 20
@@ -727,6 +731,7 @@ def _bad_value(plan: _Plan, ops: TableOps, exc: Exception) -> DataError:
 
 # ---- errors ----------------------------------------------------------------------------
 
+_COPY_COLUMN = re.compile(r"^COPY .+?, line \d+, column (.+?)(?:: |$)", re.M)
 _CONN_PREFIX = re.compile(r"^connection to server (at|on) .*? failed:\s*((FATAL|ERROR):\s*)?")
 _TRANSIENT_CLASSES = ("08", "40", "53", "55", "57", "58", "25", "XX")
 
@@ -881,7 +886,23 @@ class PostgresSink(Sink):
             return AuthError(f"{what} in {self.where} is not allowed: {msg}; grant the privilege")
         if code[:2] in ("42", "0A"):
             return SchemaError(f"{what} in {self.where} failed: {msg}")
-        return DataError(f"{what} in {self.where} failed: {msg}")
+        return DataError(f"{what} in {self.where} failed: {msg}{self._culprit(exc, msg)}")
+
+    def _culprit(self, exc: psycopg2.Error, msg: str) -> str:
+        """Which column (and for key constraints which key) a data error is about."""
+        diag = getattr(exc, "diag", None)
+        if diag is None:
+            return ""
+        column = diag.column_name
+        if not column and diag.context:  # COPY names the column it was reading
+            m = _COPY_COLUMN.search(diag.context)
+            column = m.group(1) if m else None
+        if column and f'"{column}"' not in msg:
+            return f" (column {column})"
+        detail = diag.message_detail or ""
+        if exc.pgcode in ("23503", "23505") and detail:
+            return f" ({self._scrub(detail.rstrip('.'))})"
+        return ""
 
     def _fail(self, exc: psycopg2.Error, what: str) -> SynclineError:
         """Translate ``exc`` and end the transaction; a broken connection is dropped."""
@@ -985,11 +1006,41 @@ class PostgresSink(Sink):
             found = cur.fetchone()
             if found is None or found[0] is None:  # CREATE SCHEMA needs a privilege; skip if we can
                 cur.execute(f"CREATE SCHEMA IF NOT EXISTS {qi(schema)}")
-            cur.execute(create_table_sql(f"{qi(schema)}.{qi(table)}", source, "postgres"))
+            shape = self._portable(cur, source, f"{schema}.{table}")
+            cur.execute(create_table_sql(f"{qi(schema)}.{qi(table)}", shape, "postgres"))
             cat = self._lookup(cur, schema, table)
             assert cat is not None
         check_target(source, cat.table, self.where, ignores_missing(self._cfg.tables, table_id))
         return cat
+
+    def _portable(
+        self, cur: psycopg2.extensions.cursor, source: TableSchema, target: str
+    ) -> TableSchema:
+        """The source's shape with types the target database lacks turned into text.
+
+        A user-defined enum, composite, domain or range exists in the source
+        database only; its values travel as PostgreSQL's text form, so a text
+        column keeps them exactly (create the type in the target to keep it typed).
+        """
+        if source.dialect != "postgres" or not source.columns:
+            return source
+        cur.execute(
+            "SELECT t, to_regtype(t) IS NOT NULL FROM unnest(%s::text[]) AS t",
+            ([c.type for c in source.columns],),
+        )
+        known = dict(cur.fetchall())
+        columns = []
+        for c in source.columns:
+            if not known.get(c.type, True):
+                text = "text[]" if c.type.endswith("]") else "text"
+                log.warning(
+                    "creating %s in %s: column %s has type %s, which the target database "
+                    "does not have; it is created as %s",
+                    target, self.where, c.name, c.type, text,
+                )  # fmt: skip
+                c = dataclasses.replace(c, type=text)
+            columns.append(c)
+        return dataclasses.replace(source, columns=tuple(columns))
 
     def prepare(self, schemas: Mapping[str, TableSchema]) -> None:
         conn = self._connection()

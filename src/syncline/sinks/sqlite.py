@@ -586,6 +586,10 @@ class SqliteSink(Sink):
             raise StorageError(
                 f"cannot open {self.where}: directory {parent} does not exist; create it or fix the path"
             )
+        if os.path.isdir(path):
+            raise StorageError(
+                f"cannot open {self.where}: it is a directory; set the sink path to a database file"
+            )
         try:
             conn = sqlite3.connect(
                 path, isolation_level=None, check_same_thread=False, timeout=self._busy_timeout
@@ -769,6 +773,17 @@ class SqliteSink(Sink):
         exists = os.path.exists(self._cfg.path)
         if not exists and not self._cfg.create_tables:
             raise StorageError(f"{self.where} does not exist; create it or set create_tables: true")
+        if not exists:
+            parent = os.path.dirname(os.path.abspath(self._cfg.path))
+            if not os.path.isdir(parent):
+                raise StorageError(
+                    f"cannot create {self.where}: directory {parent} does not exist; "
+                    "create it or fix the path"
+                )
+            if not os.access(parent, os.W_OK):
+                raise StorageError(
+                    f"cannot create {self.where}: directory {parent} is not writable"
+                )
         conn = self._connect() if exists else None
         try:
             notes.append(f"sink: {self.where} " + ("opened" if exists else "will be created"))

@@ -177,7 +177,12 @@ class SqliteSource(Source):
 
     def _connect(self, mode: str) -> sqlite3.Connection:
         if not os.path.isfile(self.path):
-            raise PermanentError(f"SQLite database {self.path} does not exist {self._where()}")
+            what = (
+                "is a directory, not a database file"
+                if os.path.isdir(self.path)
+                else "does not exist"
+            )
+            raise PermanentError(f"SQLite database {self.path} {what} {self._where()}")
         uri = f"file:{pathname2url(self.path)}?mode={mode}"
         try:
             conn = sqlite3.connect(
@@ -233,7 +238,8 @@ class SqliteSource(Source):
             pk = sorted((r[5], r[1]) for r in info if r[5])
             if not pk:
                 raise SchemaError(
-                    f"table {name} has no primary key: add one; syncline needs a key to keep per-row order"
+                    f"table {name} in {self.path} has no primary key: add one (syncline applies"
+                    f" changes by key) {self._where()}"
                 )
             cols = tuple(Column(r[1], r[2], nullable=not r[3] and not r[5]) for r in info)
             out[name] = _Table(name, cols, tuple(c for _, c in pk))

@@ -47,7 +47,8 @@ TYPES = (
 )
 _adapter: TypeAdapter[SpecBase] = TypeAdapter(TransformSpec)
 _SPECS: dict[str, type[SpecBase]] = {
-    get_args(cls.model_fields["type"].annotation)[0]: cls for cls in get_args(get_args(TransformSpec)[0])
+    get_args(cls.model_fields["type"].annotation)[0]: cls
+    for cls in get_args(get_args(TransformSpec)[0])
 }
 
 
@@ -55,7 +56,9 @@ def _unknown_key(kind: str, key: str) -> str:
     spec = _SPECS.get(kind)
     known = list(spec.model_fields) if spec is not None else []
     close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
-    return f"unknown key (did you mean {close[0]}?)" if close else "unknown key (check the spelling)"
+    return (
+        f"unknown key (did you mean {close[0]}?)" if close else "unknown key (check the spelling)"
+    )
 
 
 def _where(loc: tuple[int | str, ...]) -> str:

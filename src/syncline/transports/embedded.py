@@ -332,8 +332,9 @@ class EmbeddedTransport(Transport):
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
+            why = "it is a file" if self.dir.is_file() else exc.strerror
             raise StorageError(
-                f"cannot create the embedded log directory {self.dir} ({exc.strerror}); "
+                f"cannot create the embedded log directory {self.dir} ({why}); "
                 "set transport.path to a writable directory"
             ) from exc
         self.db = self.dir / f"{pipeline}.log.db"

@@ -86,9 +86,14 @@ def translate(exc: BaseException, ep: Endpoint, doing: str = "") -> SynclineErro
     low = raw.lower()
     where, role = ep.where, ep.role
     if "password authentication failed" in low or "no password supplied" in low:
-        return AuthError(f"password authentication failed for user {ep.user} at {where} ({role})")
+        return AuthError(
+            f"password authentication failed for user {ep.user} at {where} ({role}); "
+            "check the user and password in the source dsn"
+        )
     if 'role "' in low and "does not exist" in low:
-        return AuthError(f"user {ep.user} does not exist at {where} ({role})")
+        return AuthError(
+            f"user {ep.user} does not exist at {where} ({role}); fix the user in the source dsn"
+        )
     if "no pg_hba.conf entry" in low:
         return AuthError(
             f"server at {where} does not allow user {ep.user} to connect to {ep.dbname} "
