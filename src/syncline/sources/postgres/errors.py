@@ -121,6 +121,12 @@ def translate(exc: BaseException, ep: Endpoint, doing: str = "") -> SynclineErro
     ):
         if needle in low:
             return ConnectError(f"cannot connect to PostgreSQL at {where}: {why} ({role})")
+    if "invalid byte sequence for encoding" in low:
+        return PermanentError(
+            f"{doing or 'reading'} failed at {where}: {ep.scrub(raw)}: database {ep.dbname} holds "
+            f"text that is not valid UTF-8 (a SQL_ASCII database?) and syncline reads UTF-8 "
+            f"only; see docs/reliability.md, bad input ({role})"
+        )
     if "is active for pid" in low:
         return TransientError(
             f"{ep.scrub(raw)} at {where}: another capture process is using the slot ({role})"
