@@ -15,7 +15,7 @@ import typer
 
 from syncline import __version__
 from syncline.config import Config, load_config
-from syncline.errors import ConfigError, SynclineError
+from syncline.errors import ConfigError, SynclineError, for_pipeline, naming
 from syncline.gctune import tune_for_throughput
 
 if TYPE_CHECKING:
@@ -62,6 +62,7 @@ def run(
     from syncline.runtime import Runtime
 
     _setup_logging(log_level)
+    runtime: Runtime | None = None
     try:
         cfg = load_config(config)
         runtime = Runtime(cfg, pipeline or ())
@@ -71,20 +72,17 @@ def run(
             try:
                 p.check()
             except SynclineError as exc:
-                raise type(exc)(_named(p.name, str(exc))) from exc
+                raise for_pipeline(exc, p.name) from exc
         tune_for_throughput()
         code = runtime.run(drain_timeout=drain_timeout)
     except SynclineError as exc:
+        for p in runtime.pipelines if runtime is not None else ():
+            p.transport.close()  # nothing was started; release the log files
         raise _fail(exc) from None
     for p in runtime.pipelines:
         if p.stats.state == "failed":  # the log said it already; this is the line to act on
-            typer.echo(f"syncline: error: {_named(p.name, p.stats.error or 'failed')}", err=True)
+            typer.echo(f"syncline: error: {naming(p.name, p.stats.error or 'failed')}", err=True)
     raise typer.Exit(code)
-
-
-def _named(pipeline: str, message: str) -> str:
-    """``message``, prefixed with the pipeline unless it already names it."""
-    return message if f"pipeline {pipeline}" in message else f"pipeline {pipeline}: {message}"
 
 
 @app.command()
@@ -104,7 +102,7 @@ def check(config: ConfigArg) -> None:
                 typer.echo(f"  {p.name}: {note}")
             typer.echo(f"{p.name}: ok")
         except SynclineError as exc:
-            typer.echo(f"syncline: error: {_named(p.name, str(exc))}", err=True)
+            typer.echo(f"syncline: error: {naming(p.name, str(exc))}", err=True)
             code = max(code, 2 if isinstance(exc, ConfigError) else 1)
     raise typer.Exit(code)
 

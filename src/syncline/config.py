@@ -330,6 +330,13 @@ def _unknown_key(loc: tuple[int | str, ...]) -> str:
     return f"unknown key ({hint})"
 
 
+_PATTERNS = {
+    _NAME: "lowercase letters, digits, - and _, starting with a letter (at most 63)",
+    r"^[a-z0-9_]{1,63}$": "lowercase letters, digits and _ (at most 63)",
+    r"^[A-Za-z0-9_]{1,63}$": "letters, digits and _ (at most 63)",
+    r"^[A-Za-z_][A-Za-z0-9_]*$": "a column name (letters, digits and _)",
+    _PY_REF: "module:function (an importable Python function)",
+}
 _SECRET = re.compile(r"dsn|password|secret|key", re.I)  # never echo these values
 _TYPE_HINTS = {
     "dict_type": "expected a mapping (key: value lines or {key: value})",
@@ -354,7 +361,12 @@ def format_validation_error(exc: ValidationError, origin: str) -> str:
         elif err["type"] == "union_tag_not_found":
             msg = "kind: field required (which backend: e.g. kind: postgres)"
         elif err["type"] in _TYPE_HINTS:
-            msg = f"{_TYPE_HINTS[err['type']]}, got {_shown(err.get('input'))}"
+            got = err.get("input")
+            msg = f"{_TYPE_HINTS[err['type']]}, got {_shown(got)}"
+            if isinstance(got, str) and re.search(r"\w:\S", got):
+                msg += " (YAML needs a space after ':')"
+        elif err["type"] == "string_pattern_mismatch" and err["ctx"]["pattern"] in _PATTERNS:
+            msg = f"use {_PATTERNS[err['ctx']['pattern']]} (got {_shown(err.get('input'))})"
         elif where.endswith(".transforms") and msg.startswith("transforms["):
             where, msg = where + msg[len("transforms") :].split(":", 1)[0], msg.split(":", 1)[1]
             msg = msg.strip()
@@ -364,7 +376,7 @@ def format_validation_error(exc: ValidationError, origin: str) -> str:
             and not _SECRET.search(where)
         ):
             msg = f"{msg} (got {_shown(err['input'])})"
-        parts.append(f"{where}: {msg}")
+        parts.append(f"{where}: {msg}" if where else msg)
     return f"{origin}: " + "; ".join(parts)
 
 
@@ -434,8 +446,9 @@ def load_config(path: str | os.PathLike[str], env: dict[str, str] | None = None)
     except IsADirectoryError:
         raise ConfigError(f"{p}: is a directory; give the path of the YAML config file") from None
     except UnicodeDecodeError as exc:
+        line = exc.object[: exc.start].count(b"\n") + 1
         raise ConfigError(
-            f"{p}: not UTF-8 text (byte {exc.start}); save the config file as UTF-8"
+            f"{p}: not UTF-8 text (line {line}); save the config file as UTF-8"
         ) from None
     except OSError as exc:
         raise ConfigError(f"{p}: cannot read config file: {exc.strerror or exc}") from None

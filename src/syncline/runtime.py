@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from types import FrameType
 
 from syncline.config import Config
+from syncline.errors import SynclineError, for_pipeline
 from syncline.pipeline import Pipeline
 
 log = logging.getLogger("syncline.runtime")
@@ -22,7 +23,14 @@ log = logging.getLogger("syncline.runtime")
 class Runtime:
     def __init__(self, config: Config, only: Sequence[str] = ()) -> None:
         cfgs = [config.pipeline(n) for n in only] if only else list(config.pipelines)
-        self.pipelines = [Pipeline(c) for c in cfgs]
+        self.pipelines: list[Pipeline] = []
+        for c in cfgs:
+            try:
+                self.pipelines.append(Pipeline(c))
+            except SynclineError as exc:
+                for p in self.pipelines:
+                    p.transport.close()
+                raise for_pipeline(exc, c.name) from exc
         self._stop = threading.Event()
 
     def request_stop(self) -> None:

@@ -75,6 +75,7 @@ from syncline.sinks.sql import (
     row_columns,
     source_without_key,
     to_json,
+    unknown_table,
 )
 from syncline.sources.postgres.origins import SessionOrigin, newest_ts_us, split_by_origin
 from syncline.sources.postgres.pgoutput import DELETE_MESSAGE
@@ -784,6 +785,7 @@ class PostgresSink(Sink):
         }
         self._next_purge = 0.0
         self._plans: dict[str, _Plan] = {}
+        self._prepared: set[str] | None = None  # source tables of prepare(): the captured ones
         self._staged: set[str] = set()
         self._plan_seq = 0
         self._origins = SessionOrigin(self.where, self._user)  # used if config.origin is set
@@ -1046,6 +1048,7 @@ class PostgresSink(Sink):
         conn = self._connection()
         if self._needs_shadow or self._prefilter:
             self._ensure_conflict_tables(conn)
+        self._prepared = set(schemas)
         try:
             with conn.cursor() as cur:
                 for table_id, source in schemas.items():
@@ -1124,6 +1127,8 @@ class PostgresSink(Sink):
         schema, table = self.target_of(table_id)
         cat = self._lookup(cur, schema, table)
         if cat is None:
+            if self._prepared is not None and table_id not in self._prepared:
+                raise unknown_table(f"{schema}.{table}", self.where, table_id)
             raise missing_table(f"{schema}.{table}", self.where)
         if not cat.table.key:
             raise SchemaError(f"target table {cat.table.name} in {self.where} has no primary key")

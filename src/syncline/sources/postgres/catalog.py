@@ -66,6 +66,7 @@ class TableInfo:
     columns: tuple[ColumnInfo, ...]
     key: tuple[str, ...]
     estimate: int | None  # pg_class.reltuples, None when never analysed
+    whole_row: bool = False  # no primary key: REPLICA IDENTITY FULL makes every column the key
 
     @property
     def table_id(self) -> str:
@@ -132,6 +133,7 @@ def load_table(cur: Any, table_id: str, db: str, pipeline: str) -> TableInfo:
         columns=columns,
         key=key,
         estimate=int(reltuples) if reltuples is not None and reltuples >= 0 else None,
+        whole_row=replident == "f" and not pk,
     )
 
 

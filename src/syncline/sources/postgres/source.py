@@ -125,8 +125,13 @@ class PostgresSource(Source):
                         f"user {self._ep.user} may not use replication at {self._ep.where}: "
                         f"ALTER ROLE {self._ep.user} REPLICATION ({self._ep.role})"
                     )
-                for t in self.config.tables:
+                tables = [
                     catalog.load_table(cur, t, self._ep.dbname, self.pipeline)
+                    for t in self.config.tables
+                ]
+                slot = catalog.find_slot(cur, self.slot)
+                if slot is not None:
+                    catalog.check_slot(slot, self.slot, self._ep.dbname, self.pipeline)
         except psycopg2.Error as exc:
             raise translate(exc, self._ep, "checking the source") from exc
         finally:
@@ -136,6 +141,13 @@ class PostgresSource(Source):
             f"postgres {self._ep.where}/{self._ep.dbname}: wal_level=logical, "
             f"{n} table{'s' if n != 1 else ''} ok"
         ]
+        for info in tables:
+            if info.whole_row:
+                notes.append(
+                    f"postgres: {info.table_id} has no primary key; with REPLICA IDENTITY FULL "
+                    "all its columns form the key: rows must be unique and free of NULLs "
+                    "(a NULL row is dead-lettered, duplicates become one target row)"
+                )
         if self.config.skip_origins:
             names = ", ".join(self.config.skip_origins)
             notes.append(f"postgres: transactions under replication origin(s) {names} are skipped")
