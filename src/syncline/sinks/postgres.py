@@ -54,7 +54,7 @@ from syncline.errors import (
 )
 from syncline.events import Change, Row, encode_value
 from syncline.schema import TableSchema
-from syncline.sinks.base import ApplyResult, Sink
+from syncline.sinks.base import REPLAY_MARK, ApplyResult, Sink
 from syncline.sinks.sql import (
     Step,
     TableOps,
@@ -77,6 +77,7 @@ from syncline.sinks.sql import (
     to_json,
     unknown_table,
 )
+from syncline.sources.postgres.errors import unreachable
 from syncline.sources.postgres.origins import SessionOrigin, newest_ts_us, split_by_origin
 from syncline.sources.postgres.pgoutput import DELETE_MESSAGE
 
@@ -768,6 +769,11 @@ class PostgresSink(Sink):
                 f"sink dsn of pipeline {pipeline} is not a valid PostgreSQL DSN: {first_line(exc)}"
             ) from None
         self._password = params.get("password") or ""
+        if not str(params.get("port") or "5432").isdigit():
+            raise ConfigError(
+                f"sink dsn of pipeline {pipeline} has a bad port {params.get('port')!r} "
+                "(expected postgresql://user:password@host:port/dbname)"
+            )
         host = params.get("host") or params.get("hostaddr") or "localhost"
         self._addr = f"{host}:{params.get('port') or 5432}"
         self._user = params.get("user") or "(default user)"
@@ -785,6 +791,9 @@ class PostgresSink(Sink):
         }
         self._next_purge = 0.0
         self._plans: dict[str, _Plan] = {}
+        self._schemas: dict[str, TableSchema] = {}  # what prepare() planned for
+        self._stale = False  # plans to rebuild before the next apply (after a refused batch)
+        self._replaying = False  # the last apply was a dead-letter replay
         self._prepared: set[str] | None = None  # source tables of prepare(): the captured ones
         self._staged: set[str] = set()
         self._plan_seq = 0
@@ -842,8 +851,9 @@ class PostgresSink(Sink):
                     f"{self._pipeline}); create it or fix the sink dsn"
                 ) from None
             raise ConnectError(
-                f"cannot connect to PostgreSQL at {self._addr} (sink of pipeline {self._pipeline}): "
-                f"{msg}; check that the server is running and the sink dsn's host and port"
+                f"cannot connect to PostgreSQL at {self._addr}: {unreachable(msg) or msg} (sink of "
+                f"pipeline {self._pipeline}); check the host and port in the sink dsn and that "
+                "the server is running"
             ) from None
         except psycopg2.Error as exc:
             raise ConfigError(
@@ -909,6 +919,8 @@ class PostgresSink(Sink):
     def _fail(self, exc: psycopg2.Error, what: str) -> SynclineError:
         """Translate ``exc`` and end the transaction; a broken connection is dropped."""
         err = self._translate(exc, what)
+        if isinstance(err, DataError | SchemaError):
+            self._stale = True  # the target may be altered to fix it: read its catalog again
         code = getattr(exc, "pgcode", None) or ""
         if isinstance(exc, psycopg2.InterfaceError) or not code or code[:2] in ("08", "57"):
             self._drop_connection()  # reconnect lazily on the next call
@@ -1049,6 +1061,7 @@ class PostgresSink(Sink):
         if self._needs_shadow or self._prefilter:
             self._ensure_conflict_tables(conn)
         self._prepared = set(schemas)
+        self._schemas = dict(schemas)
         try:
             with conn.cursor() as cur:
                 for table_id, source in schemas.items():
@@ -1062,6 +1075,25 @@ class PostgresSink(Sink):
         except BaseException:
             self._abort()
             raise
+
+    def _replan(self, cur: psycopg2.extensions.cursor) -> None:
+        """Plans from the target's catalog as it is now (after a refused batch).
+
+        A user fixing a dead-lettered event alters the target (wider column, dropped
+        constraint) and replays it; the cached plans and their staging tables still
+        carry the old column types, so they are built again, with new staging tables.
+        """
+        self._stale = False
+        self._force_plans.clear()
+        plans: dict[str, _Plan] = {}
+        for table_id, source in self._schemas.items():
+            schema, table = self.target_of(table_id)
+            cat = self._lookup(cur, schema, table)
+            if cat is None:
+                continue  # _plan() says the table is missing, for the events that need it
+            cols = [c.name for c in source.columns if c.name in cat.table.columns]
+            plans[table_id] = self._new_plan(table_id, cat, cols, lazy=False)
+        self._plans = plans  # lazily built plans are rebuilt when their tables come again
 
     def _ensure_conflict_tables(self, conn: psycopg2.extensions.connection) -> None:
         """Create the shadow-row and parked-conflict tables (in their own transaction)."""
@@ -1240,6 +1272,13 @@ class PostgresSink(Sink):
                 what = f"locking the positions of pipeline {self._pipeline} in {OFFSETS}"
                 cur.execute(self._fence_sql, (self._pipeline,))
                 fence_check(self._pipeline, self._expected, cur.fetchall())
+                replay = REPLAY_MARK in positions
+                if self._stale or (replay and not self._replaying):
+                    # a refused batch, or the first replay since: the user may have just
+                    # altered the target to fix what was dead-lettered
+                    what = "reading the target tables again"
+                    self._replan(cur)
+                self._replaying = replay
                 if self._prefilter:
                     what = "fetching the target rows of conflict-checked tables"
                     steps, result = self._prefiltered(cur, changes)
