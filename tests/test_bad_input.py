@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 from e2e_helpers import syncline, wait_until
 from syncline.cli import app
 from syncline.config import load_config
+from syncline.errors import StorageError
 from syncline.events import ChangeEvent, SourceInfo, encode_key, encode_value
 from syncline.pipeline import Pipeline
 from syncline.transports.base import Record
@@ -852,3 +853,61 @@ def test_big_values_go_through_intact(tmp_path: Path, pipes: list[Pipeline]) -> 
         ]
     finally:
         db.close()
+
+
+# ---- the embedded log with big records ---------------------------------------------------
+
+
+def test_the_log_stores_big_batches_in_pieces_and_polls_them_a_few_at_a_time(
+    tmp_path: Path,
+) -> None:
+    """60 MB in one publish: stored as rows of at most 16 MB, polled about 32 MB at a time."""
+    cfg = load_config_text(tmp_path, shop_config(tmp_path)).transport
+    transport = EmbeddedTransport(cfg.model_copy(update={"partitions": 1}), "shop")
+    try:
+        producer = transport.producer()
+        values = [bytes([i]) * (6 << 20) for i in range(10)]  # 2 per stored row
+        producer.publish(
+            [Record("main.orders", encode_key({"id": i}), v) for i, v in enumerate(values)],
+            {"seq": 1},
+        )
+        producer.close()
+        db = sqlite3.connect(transport.db)
+        assert db.execute("SELECT count(*), max(length(payload)) FROM batches").fetchone()[0] == 5
+        db.close()
+        consumer = transport.consumer("g")
+        polls = []
+        while got := consumer.poll(1000, 0):
+            polls.append(len(got))
+            assert [d.value for d in got] == values[got[0].offset : got[-1].offset + 1]
+        assert sum(polls) == 10 and max(polls) <= 5  # not the whole 60 MB at once
+    finally:
+        transport.close()
+
+
+def test_a_record_over_sqlites_value_limit_is_one_clear_line(tmp_path: Path) -> None:
+    cfg = load_config_text(tmp_path, shop_config(tmp_path)).transport
+    transport = EmbeddedTransport(cfg, "shop")
+    try:
+        producer = transport.producer()
+        producer._conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, 8 << 20)  # 1 GB by default
+        small = Record("main.orders", encode_key({"id": 1}), b"x" * (10 << 20))
+        with pytest.raises(StorageError) as err:  # one value over the limit
+            producer.publish([small], {"seq": 1})
+        assert str(err.value) == (
+            f"embedded log at {transport.db}: a record is larger than SQLite stores in one value"
+            " while appending records (string or blob too big); see docs/reliability.md, bad"
+            " input: oversized rows"
+        )
+        big = Record("main.orders", encode_key({"id": 2}), b"x" * (20 << 20))
+        with pytest.raises(StorageError) as err:
+            producer.publish([big], {"seq": 1})
+        assert str(err.value) == (
+            f'embedded log at {transport.db}: a change of main.orders (key {{"id":2}}) is 21 MB'
+            " encoded, more than SQLite stores in one value (8 MB); it stays in the source; see"
+            " docs/reliability.md, bad input: oversized rows"
+        )
+        assert transport.end_offsets() == {0: 0, 1: 0}  # nothing half-written
+        producer.close()
+    finally:
+        transport.close()

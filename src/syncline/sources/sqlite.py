@@ -34,13 +34,13 @@ from syncline.errors import (
 )
 from syncline.events import Change, ChangeEvent, Op, Poison, Row, SourceInfo, now_us
 from syncline.schema import Column, TableSchema
-from syncline.sources.base import CaptureBatch, Checkpoint, Source
+from syncline.sources.base import BATCH_BYTES, CaptureBatch, Checkpoint, Source
 
 LOG: Final = "_syncline_changelog"
 META: Final = "_syncline_meta"
 SUPPRESS: Final = "_syncline_suppress"
 _TRIM_BATCH: Final = 5000  # rows per trim transaction, so service writers never wait long
-_FETCH: Final = 1000  # snapshot rows per fetchmany
+_FETCH: Final = 64  # rows per fetchmany: small enough that big rows never pile up
 _BUSY_MS: Final = 5000
 _TRIM_BUSY_MS: Final = 200
 _NOW_US: Final = "CAST((julianday('now') - 2440587.5) * 86400000000 AS INTEGER)"
@@ -193,9 +193,12 @@ class _Snapshot:
                     yield t, text
 
     def take(self, n: int) -> tuple[list[tuple[_Table, Any]], bool]:
+        """Up to ``n`` rows (fewer once they add up to ``BATCH_BYTES``), and whether that is all."""
         out: list[tuple[_Table, Any]] = []
-        while self._next is not None and len(out) < n:
+        size = 0
+        while self._next is not None and len(out) < n and size < BATCH_BYTES:
             out.append(self._next)
+            size += len(self._next[1])
             self._next = next(self._rows, None)
         return out, self._next is None
 
@@ -441,15 +444,28 @@ class SqliteSource(Source):
             with self._lock:
                 try:
                     version = conn.execute("PRAGMA data_version").fetchone()[0]
-                    rows = conn.execute(
-                        self._read_sql, (self._seq, *self._tables, max(1, max_changes))
-                    ).fetchall()
+                    rows = self._fetch(conn, max(1, max_changes))
                 except sqlite3.Error as exc:
                     raise self._error(exc, "cannot read the changelog") from exc
             if rows:
                 return self._batch(rows, max_changes)
             if not self._wait(conn, version, deadline):
                 return None
+
+    def _fetch(self, conn: sqlite3.Connection, limit: int) -> list[Any]:
+        """Up to ``limit`` changelog rows, stopping early after about ``BATCH_BYTES``."""
+        cur = conn.execute(self._read_sql, (self._seq, *self._tables, limit))
+        try:
+            rows = cur.fetchmany(_FETCH)
+            if len(rows) < _FETCH:
+                return rows
+            size = sum(len(r[3] or b"") + len(r[4] or b"") for r in rows)
+            while size < BATCH_BYTES and (more := cur.fetchmany(_FETCH)):
+                rows += more
+                size += sum(len(r[3] or b"") + len(r[4] or b"") for r in more)
+            return rows
+        finally:
+            cur.close()
 
     def _wait(self, conn: sqlite3.Connection, version: int, deadline: float) -> bool:
         """Sleep until another connection commits (PRAGMA data_version moves) or time is up."""

@@ -36,7 +36,7 @@ from syncline.config import PostgresSourceConfig
 from syncline.errors import AuthError, PermanentError, SchemaError, SynclineError
 from syncline.events import Change
 from syncline.schema import TableSchema
-from syncline.sources.base import CaptureBatch, Checkpoint, Source
+from syncline.sources.base import BATCH_BYTES, CaptureBatch, Checkpoint, Source
 from syncline.sources.postgres import catalog
 from syncline.sources.postgres.catalog import TableInfo
 from syncline.sources.postgres.errors import (
@@ -319,7 +319,8 @@ class PostgresSource(Source):
         cur, dec = self._cur, self._decoder
         assert dec is not None
         deadline = time.monotonic() + timeout
-        while len(out) < max_changes:
+        size = 0
+        while len(out) < max_changes and size < BATCH_BYTES:
             # psycopg2 moves its flush LSN to a keepalive's WAL end once we have confirmed
             # the newest message's position. A message from an older, still-open transaction
             # can make that look true while complete transactions we already read are not yet
@@ -338,7 +339,9 @@ class PostgresSource(Source):
                 select.select([cur], [], [], min(left, self.config.status_interval))
                 continue
             self._last_data_start = msg.data_start
-            dec.feed(msg.payload, out, time.time_ns() // 1000)
+            payload = msg.payload
+            size += len(payload)
+            dec.feed(payload, out, time.time_ns() // 1000)
 
     def _batch(self, out: list[Change]) -> CaptureBatch:
         assert self._decoder is not None
