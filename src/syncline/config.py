@@ -307,18 +307,15 @@ def _known_keys(loc: tuple[int | str, ...]) -> list[str]:
         if holding:
             models = [x for m in holding for x in _members(m.model_fields[part].annotation)]
             continue
-        tagged = [m for m in models if part in get_args(m.model_fields.get("kind", _NO).annotation)]
+        tagged = [m for m in models if "kind" in m.model_fields and part in _kinds(m)]
         if tagged:  # pydantic puts a discriminated union's tag into the path
             models = tagged
         # otherwise a key of a mapping (sink.tables.<table>): same models
     return sorted({k for m in models for k in m.model_fields})
 
 
-class _No:
-    annotation: Any = None
-
-
-_NO = _No()
+def _kinds(model: Any) -> tuple[Any, ...]:
+    return get_args(model.model_fields["kind"].annotation)
 
 
 def _unknown_key(loc: tuple[int | str, ...]) -> str:
@@ -402,7 +399,9 @@ def _no_duplicates(loader: _Loader, node: yaml.MappingNode, deep: bool = False) 
     seen: set[Any] = set()
     for key_node, _ in node.value:
         key = loader.construct_object(key_node, deep=deep)
-        if isinstance(key, str | int | float | bool) and key in seen:
+        if not isinstance(key, str | int | float | bool):
+            continue  # odd keys are for the schema to refuse
+        if key in seen:
             raise yaml.constructor.ConstructorError(
                 None,
                 None,

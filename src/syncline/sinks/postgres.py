@@ -791,10 +791,9 @@ class PostgresSink(Sink):
         }
         self._next_purge = 0.0
         self._plans: dict[str, _Plan] = {}
-        self._schemas: dict[str, TableSchema] = {}  # what prepare() planned for
+        self._schemas: dict[str, TableSchema] | None = None  # prepare()'s: the captured tables
         self._stale = False  # plans to rebuild before the next apply (after a refused batch)
         self._replaying = False  # the last apply was a dead-letter replay
-        self._prepared: set[str] | None = None  # source tables of prepare(): the captured ones
         self._staged: set[str] = set()
         self._plan_seq = 0
         self._origins = SessionOrigin(self.where, self._user)  # used if config.origin is set
@@ -1060,7 +1059,6 @@ class PostgresSink(Sink):
         conn = self._connection()
         if self._needs_shadow or self._prefilter:
             self._ensure_conflict_tables(conn)
-        self._prepared = set(schemas)
         self._schemas = dict(schemas)
         try:
             with conn.cursor() as cur:
@@ -1086,7 +1084,7 @@ class PostgresSink(Sink):
         self._stale = False
         self._force_plans.clear()
         plans: dict[str, _Plan] = {}
-        for table_id, source in self._schemas.items():
+        for table_id, source in (self._schemas or {}).items():
             schema, table = self.target_of(table_id)
             cat = self._lookup(cur, schema, table)
             if cat is None:
@@ -1159,7 +1157,7 @@ class PostgresSink(Sink):
         schema, table = self.target_of(table_id)
         cat = self._lookup(cur, schema, table)
         if cat is None:
-            if self._prepared is not None and table_id not in self._prepared:
+            if self._schemas is not None and table_id not in self._schemas:
                 raise unknown_table(f"{schema}.{table}", self.where, table_id)
             raise missing_table(f"{schema}.{table}", self.where)
         if not cat.table.key:
