@@ -68,7 +68,7 @@ BAD = [
     ),
     (
         "pipelines: [{name: Bad Name, source: {kind: sqlite, path: x, tables: [t]}, sink: {kind: sqlite, path: y}}]",
-        "pipelines[0].name: String should match pattern",
+        "pipelines[0].name: use lowercase letters, digits, - and _",
     ),
     (
         "pipelines: [{name: a, source: {kind: sqlite, path: x, tables: [t]}, sink: {kind: sqlite, path: y}, batch: {max_events: zero}}]",

@@ -392,7 +392,9 @@ def test_store_keeps_one_entry_per_log_position(tmp_path: Path) -> None:
 
 def test_store_on_an_unwritable_path_is_a_one_line_storage_error(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("not a directory")
-    with pytest.raises(PermanentError, match=r"cannot open the dead-letter queue .*file/p.dlq.db"):
+    with pytest.raises(
+        PermanentError, match=r"dead-letter queue directory .*/file is a file, not a directory"
+    ):
         DeadLetterStore(str(tmp_path / "file"), "p")
     with pytest.raises(ConfigError, match="pipeline q has no dead-letter queue"):
         DeadLetterStore(str(tmp_path), "q", create=False)

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from syncline.config import SqliteSourceConfig
-from syncline.errors import DataError, PermanentError, SchemaError, StorageError
+from syncline.errors import PermanentError, SchemaError, StorageError
 from syncline.events import Change, decode_value, encode_value
 from syncline.sources.base import CaptureBatch
 from syncline.sources.sqlite import LOG, SUPPRESS, SqliteSource
@@ -447,7 +447,8 @@ def test_missing_table_and_missing_key(tmp_path: Path) -> None:
     cases = {
         "ghost": f"table ghost does not exist in {path} (source of pipeline p)",
         "vw": f"vw in {path} is a view; capture needs a table (source of pipeline p)",
-        "nokey": "table nokey has no primary key: add one; syncline needs a key to keep per-row order",
+        "nokey": f"table nokey in {path} has no primary key: add one (syncline applies changes"
+        " by key) (source of pipeline p)",
     }
     for table, msg in cases.items():
         src = source(path, ["items", table])
@@ -469,14 +470,44 @@ def test_not_a_database(tmp_path: Path) -> None:
         source(str(path), ["items"]).check()
 
 
-def test_invalid_utf8_text_is_a_data_error(tmp_path: Path, opened: list[SqliteSource]) -> None:
-    path = make_db(tmp_path, ITEMS)
-    src = source(path, ["items"])
+def test_invalid_utf8_text_becomes_a_poison_record_in_its_place(
+    tmp_path: Path, opened: list[SqliteSource]
+) -> None:
+    """SQLite stores TEXT unchecked; what cannot be read exactly is marked, never guessed."""
+    path = make_db(tmp_path, ITEMS, "INSERT INTO items VALUES (9, CAST(x'e9' AS TEXT), 9)")
+    src = source(path, ["items"], snapshot="initial")
     opened.append(src)
     src.open(None)
-    connect(path).execute("INSERT INTO items VALUES (1, CAST(x'ff41' AS TEXT), 1)")
-    with pytest.raises(DataError, match="not valid UTF-8; fix that row"):
-        src.read(10, 0)
+    db = connect(path)
+    db.execute("INSERT INTO items VALUES (1, CAST(x'ff41' AS TEXT), 1)")  # poison
+    db.execute("INSERT INTO items VALUES (2, 'ok', 2)")  # the stream goes on
+    db.execute("UPDATE items SET name = 'fixed' WHERE id = 1")  # old image unreadable
+    db.execute("UPDATE items SET name = CAST(x'c3' AS TEXT) WHERE id = 2")  # poison
+    db.execute("UPDATE items SET id = 3 WHERE id = 2")  # key change, old image unreadable
+    db.execute("DELETE FROM items WHERE id = 3")  # delete of an unreadable row: by key
+    changes, _ = drain(src)
+    got = [(c.event.op, c.key, c.event.poison is not None) for c in changes]
+    assert got == [
+        ("r", {"id": 9}, True),
+        ("c", {"id": 1}, True),
+        ("c", {"id": 2}, False),
+        ("u", {"id": 1}, False),
+        ("u", {"id": 2}, True),
+        ("d", {"id": 2}, False),
+        ("c", {"id": 3}, True),
+        ("d", {"id": 3}, False),
+    ]
+    snap, first, _, fix, _, old_key, _, gone = (c.event for c in changes)
+    assert snap.poison is not None and snap.after is None
+    assert first.poison is not None and base64.b64decode(first.poison.after or "").startswith(
+        b'{"id":1,"name":"\xffA"'
+    )
+    assert first.poison.error.startswith(
+        f'SQLite {path} (source of pipeline p): row {{"id":1}} of table items: column name '
+        "holds bytes that are not valid UTF-8; fix the row in the source database"
+    )
+    assert fix.before is None and fix.after == {"id": 1, "name": "fixed", "qty": 1}
+    assert old_key.before == {"id": 2} and gone.before == {"id": 3}
 
 
 def test_bad_checkpoints(tmp_path: Path, opened: list[SqliteSource]) -> None:

@@ -695,9 +695,7 @@ def test_bad_spec_through_parse_config_is_one_line() -> None:
         parse_config(data, "c.yaml")
     msg = str(err.value)
     assert "\n" not in msg
-    assert msg.startswith(
-        "c.yaml: pipelines[0].transforms: transforms[1] (mask): method: Input should be"
-    )
+    assert msg.startswith("c.yaml: pipelines[0].transforms[1] (mask): method: Input should be")
     good = copy.deepcopy(data)
     good["pipelines"][0]["transforms"][1]["method"] = "hash"
     assert parse_config(good).pipelines[0].transforms[1]["method"] == "hash"

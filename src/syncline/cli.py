@@ -15,7 +15,7 @@ import typer
 
 from syncline import __version__
 from syncline.config import Config, load_config
-from syncline.errors import ConfigError, SynclineError
+from syncline.errors import ConfigError, SynclineError, for_pipeline, naming
 from syncline.gctune import tune_for_throughput
 
 if TYPE_CHECKING:
@@ -82,6 +82,7 @@ def run(
     from syncline.runtime import Runtime
 
     _setup_logging(log_level)
+    runtime: Runtime | None = None
     try:
         cfg = load_config(config)
         settings = resolve_settings(cfg.api, api)
@@ -89,11 +90,19 @@ def run(
         # Fail fast on what a user can fix (typo in a host, wrong password, missing
         # table); once running, outages are retried instead.
         for p in runtime.pipelines:
-            p.check(source=role != "apply", sink=role != "capture")
+            try:
+                p.check(source=role != "apply", sink=role != "capture")
+            except SynclineError as exc:
+                raise for_pipeline(exc, p.name) from exc
         tune_for_throughput()
         code = runtime.run(drain_timeout=drain_timeout)
     except SynclineError as exc:
+        for p in runtime.pipelines if runtime is not None else ():
+            p.transport.close()  # nothing was started; release the log files
         raise _fail(exc) from None
+    for p in runtime.pipelines:
+        if p.stats.state == "failed":  # the log said it already; this is the line to act on
+            typer.echo(f"syncline: error: {naming(p.name, p.stats.error or 'failed')}", err=True)
     raise typer.Exit(code)
 
 
@@ -111,16 +120,16 @@ def check(config: ConfigArg) -> None:
     typer.echo(f"{config}: config ok ({len(cfg.pipelines)} pipeline(s))")
     if api is not None:
         typer.echo(f"api: {api.host}:{api.port}, {len(api.tokens)} token(s)")
-    failed = False
+    code = 0
     for p in cfg.pipelines:
         try:
             for note in Pipeline(p).check():
                 typer.echo(f"  {p.name}: {note}")
             typer.echo(f"{p.name}: ok")
         except SynclineError as exc:
-            typer.echo(f"{p.name}: error: {exc}", err=True)
-            failed = True
-    raise typer.Exit(1 if failed else 0)
+            typer.echo(f"syncline: error: {naming(p.name, str(exc))}", err=True)
+            code = max(code, 2 if isinstance(exc, ConfigError) else 1)
+    raise typer.Exit(code)
 
 
 @app.command()

@@ -6,11 +6,13 @@ Every error names the field path and what is wrong, in one line, e.g.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
+import types
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -426,6 +428,64 @@ def _loc(loc: tuple[int | str, ...]) -> str:
     return out
 
 
+def _members(tp: Any) -> list[Any]:
+    """The models a field's annotation can hold (through Annotated, unions, lists, dicts)."""
+    origin = get_origin(tp)
+    if origin is Annotated:
+        return _members(get_args(tp)[0])
+    if origin is Union or origin is types.UnionType:
+        return [m for a in get_args(tp) for m in _members(a)]
+    if origin in (list, dict):
+        return _members(get_args(tp)[-1])
+    return [tp] if isinstance(tp, type) and issubclass(tp, BaseModel) else []
+
+
+def _known_keys(loc: tuple[int | str, ...]) -> list[str]:
+    """The keys allowed where ``loc`` points (for "did you mean")."""
+    models: list[Any] = [Config]
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        holding = [m for m in models if part in m.model_fields]
+        if holding:
+            models = [x for m in holding for x in _members(m.model_fields[part].annotation)]
+            continue
+        tagged = [m for m in models if "kind" in m.model_fields and part in _kinds(m)]
+        if tagged:  # pydantic puts a discriminated union's tag into the path
+            models = tagged
+        # otherwise a key of a mapping (sink.tables.<table>): same models
+    return sorted({k for m in models for k in m.model_fields})
+
+
+def _kinds(model: Any) -> tuple[Any, ...]:
+    return get_args(model.model_fields["kind"].annotation)
+
+
+def _unknown_key(loc: tuple[int | str, ...]) -> str:
+    key = loc[-1] if loc else ""
+    if isinstance(key, str) and ":" in key:
+        return f"unknown key (YAML needs a space after the ':' in {key!r})"
+    close = difflib.get_close_matches(str(key), _known_keys(loc), n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]}?" if close else "check the spelling"
+    return f"unknown key ({hint})"
+
+
+_PATTERNS = {
+    _NAME: "lowercase letters, digits, - and _, starting with a letter (at most 63)",
+    r"^[a-z0-9_]{1,63}$": "lowercase letters, digits and _ (at most 63)",
+    r"^[A-Za-z0-9_]{1,63}$": "letters, digits and _ (at most 63)",
+    r"^[A-Za-z_][A-Za-z0-9_]*$": "a column name (letters, digits and _)",
+    _PY_REF: "module:function (an importable Python function)",
+}
+_SECRET = re.compile(r"dsn|password|secret|key", re.I)  # never echo these values
+_TYPE_HINTS = {
+    "dict_type": "expected a mapping (key: value lines or {key: value})",
+    "model_type": "expected a mapping (key: value lines or {key: value})",
+    "model_attributes_type": "expected a mapping (key: value lines or {key: value})",
+    "list_type": "expected a list ([a, b] or - item lines)",
+}
+
+
 def format_validation_error(exc: ValidationError, origin: str) -> str:
     return f"{origin}: " + format_errors(exc.errors())
 
@@ -434,15 +494,40 @@ def format_errors(errors: Sequence[Any]) -> str:
     """pydantic's error dicts as one line: ``field.path: what is wrong; …``."""
     parts = []
     for err in errors:
+        loc = err["loc"]
         msg = err["msg"].removeprefix("Value error, ")
+        where = _loc(loc)
         if err["type"] == "extra_forbidden":
-            msg = "unknown key (check the spelling)"
+            msg = _unknown_key(loc)
         elif err["type"] == "union_tag_invalid":
             msg = (
                 f"unknown kind {err['ctx']['tag']!r}; expected one of {err['ctx']['expected_tags']}"
             )
-        parts.append(f"{_loc(err['loc'])}: {msg}")
+        elif err["type"] == "union_tag_not_found":
+            msg = "kind: field required (which backend: e.g. kind: postgres)"
+        elif err["type"] in _TYPE_HINTS:
+            got = err.get("input")
+            msg = f"{_TYPE_HINTS[err['type']]}, got {_shown(got)}"
+            if isinstance(got, str) and re.search(r"\w:\S", got):
+                msg += " (YAML needs a space after ':')"
+        elif err["type"] == "string_pattern_mismatch" and err["ctx"]["pattern"] in _PATTERNS:
+            msg = f"use {_PATTERNS[err['ctx']['pattern']]} (got {_shown(err.get('input'))})"
+        elif where.endswith(".transforms") and msg.startswith("transforms["):
+            where, msg = where + msg[len("transforms") :].split(":", 1)[0], msg.split(":", 1)[1]
+            msg = msg.strip()
+        elif (
+            err["type"] != "missing"
+            and isinstance(err.get("input"), str | int | float)
+            and not _SECRET.search(where)
+        ):
+            msg = f"{msg} (got {_shown(err['input'])})"
+        parts.append(f"{where}: {msg}" if where else msg)
     return "; ".join(parts)
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:39] + "…"
 
 
 def parse_config(data: Any, origin: str = "config") -> Config:
@@ -454,23 +539,78 @@ def parse_config(data: Any, origin: str = "config") -> Config:
         raise ConfigError(format_validation_error(exc, origin)) from None
 
 
+class _Loader(yaml.SafeLoader):
+    """Safe YAML that refuses a key given twice (YAML would silently keep the last one)."""
+
+
+def _no_duplicates(loader: _Loader, node: yaml.MappingNode, deep: bool = False) -> Any:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if not isinstance(key, str | int | float | bool):
+            continue  # odd keys are for the schema to refuse
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None,
+                None,
+                f"key {key!r} appears twice in the same mapping; keep one",
+                key_node.start_mark,
+            )
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_duplicates)
+
+
+def _yaml_hint(exc: yaml.YAMLError) -> str:
+    """What to do about a YAML syntax error, beyond PyYAML's own words."""
+    problem = str(getattr(exc, "problem", None) or "")
+    context = str(getattr(exc, "context", None) or "")
+    mark = getattr(exc, "context_mark", None)
+    opened = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    if "'\\t'" in problem:
+        return "a tab character: YAML indents with spaces only"
+    if "quoted scalar" in context:
+        return f"the quoted string that starts{opened} is never closed"
+    if "flow sequence" in context:
+        return f"the [ list that starts{opened} is never closed"
+    if "flow mapping" in context:
+        return f"the {{ mapping that starts{opened} is never closed"
+    if "block end" in problem or "mapping values are not allowed" in problem:
+        return (
+            "check the indentation (keys of one mapping must line up) and a missing space after ':'"
+        )
+    return ""
+
+
 def load_config(path: str | os.PathLike[str], env: dict[str, str] | None = None) -> Config:
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{p}: config file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{p}: cannot read config file: {exc}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{p}: is a directory; give the path of the YAML config file") from None
+    except UnicodeDecodeError as exc:
+        line = exc.object[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            f"{p}: not UTF-8 text (line {line}); save the config file as UTF-8"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read config file: {exc.strerror or exc}") from None
     try:
         text = interpolate(text, env)
     except ConfigError as exc:
         raise ConfigError(f"{p}: {exc}") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_Loader)  # a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"{p}: invalid YAML{where}: {problem}") from None
+        hint = _yaml_hint(exc)
+        raise ConfigError(
+            f"{p}: invalid YAML{where}: {problem}" + (f"; {hint}" if hint else "")
+        ) from None
     return parse_config(data, str(p))

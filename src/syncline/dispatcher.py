@@ -157,12 +157,34 @@ class Dispatcher:
 
     def _decode(self, delivered: Sequence[Delivered]) -> list[_Item]:
         try:
-            return [
+            items = [
                 _Item(i, d, Change(decode_key(d.key), decode_value(d.value)))
                 for i, d in enumerate(delivered)
             ]
         except (msgspec.DecodeError, UnicodeDecodeError):
-            pass
+            items = self._decode_each(delivered)
+        for it in items:
+            if it.change.event.poison is not None:
+                return self._set_poison_aside(items)
+        return items
+
+    def _set_poison_aside(self, items: list[_Item]) -> list[_Item]:
+        """Dead-letter the changes their source could not read, in their log position."""
+        keep: list[_Item] = []
+        for it in items:
+            poison = it.change.event.poison
+            if poison is None:
+                keep.append(it)
+                continue
+            if (it.record.partition, it.record.offset) in self._stored:
+                continue  # redelivered after a crash: the queue has it already
+            err = DataError(poison.error)
+            if self.store is None:
+                raise err
+            self._dead_letter(it.record, err, attempts=1)
+        return keep
+
+    def _decode_each(self, delivered: Sequence[Delivered]) -> list[_Item]:
         items: list[_Item] = []
         for i, d in enumerate(delivered):
             try:
@@ -311,6 +333,8 @@ class Dispatcher:
             seq = self.store.begin_replay(entry.id)
             try:
                 change = Change(decode_key(entry.key), decode_value(entry.value))
+                if change.event.poison is not None:
+                    raise DataError(change.event.poison.error)
                 mark = replay_mark(entry.partition)
                 self.sink.apply(self.chain.apply([change]), {mark: seq})
             except (msgspec.DecodeError, UnicodeDecodeError, PermanentError) as exc:

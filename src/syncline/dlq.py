@@ -110,6 +110,33 @@ def dlq_file(directory: str, pipeline: str) -> Path:
     return Path(directory) / f"{pipeline}.dlq.db"
 
 
+def _dir_problem(directory: Path, exc: OSError) -> str:
+    if isinstance(exc, FileExistsError | NotADirectoryError):
+        why = "is a file, not a directory" if directory.is_file() else "has a file in its path"
+    else:
+        why = f"cannot be written ({exc.strerror or exc})"
+    return (
+        f"dead-letter queue directory {directory} {why}; "
+        "set dlq.path (or transport.path) to a writable directory"
+    )
+
+
+def check_dlq_dir(directory: str, pipeline: str) -> str:
+    """Make sure the dead-letter file can be created and written; a note for ``check``."""
+    d = Path(directory)
+    path = dlq_file(directory, pipeline)
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        probe = d / f".{pipeline}.dlq-check.{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise StorageError(_dir_problem(d, exc)) from exc
+    if path.exists() and not os.access(path, os.W_OK):
+        raise StorageError(f"dead-letter queue {path} is not writable; fix its permissions")
+    return f"dead-letter queue {path}: writable"
+
+
 class DeadLetterStore:
     """The dead-letter file of one pipeline."""
 
@@ -123,6 +150,9 @@ class DeadLetterStore:
             )
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(_dir_problem(self.path.parent, exc)) from exc
+        try:
             self._db = sqlite3.connect(self.path, isolation_level=None, timeout=30.0)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")

@@ -60,3 +60,18 @@ class DiskError(TransportError):
 
 class StorageError(PermanentError):
     """The embedded log's file is unusable as it is (corrupt, foreign, wrong layout)."""
+
+
+def naming(pipeline: str, message: str) -> str:
+    """``message`` prefixed with its pipeline, unless it names it already."""
+    return message if f"pipeline {pipeline}" in message else f"pipeline {pipeline}: {message}"
+
+
+def for_pipeline(exc: SynclineError, pipeline: str) -> SynclineError:
+    """The same kind of error, its message naming the pipeline it happened in."""
+    message = naming(pipeline, str(exc))
+    if message == str(exc):
+        return exc
+    err = type(exc)(message)
+    err.__cause__ = exc.__cause__
+    return err

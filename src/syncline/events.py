@@ -53,6 +53,20 @@ class SourceInfo(msgspec.Struct, kw_only=True, omit_defaults=True):
     origin: str | None = None
 
 
+class Poison(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """A change the source could not read (e.g. text that is not valid UTF-8).
+
+    The source publishes it in the change's place, in log order, so the apply
+    side dead-letters it exactly there and holds the later changes of its key;
+    the stream goes on. ``before``/``after`` keep the stored row images as they
+    were (base64 of the raw bytes), ``error`` says what is wrong and what to do.
+    """
+
+    error: str
+    before: str | None = None
+    after: str | None = None
+
+
 class ChangeEvent(msgspec.Struct, kw_only=True, omit_defaults=True):
     """One committed row change (the Debezium envelope's value).
 
@@ -69,6 +83,7 @@ class ChangeEvent(msgspec.Struct, kw_only=True, omit_defaults=True):
     ts_ms: int
     ts_us: int | None = None
     unchanged: list[str] | None = None
+    poison: Poison | None = None  # set instead of the images when the source could not read them
 
     @property
     def table_id(self) -> str:

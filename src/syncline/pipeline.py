@@ -24,7 +24,7 @@ from typing import Any
 
 from syncline.config import PipelineConfig
 from syncline.dispatcher import Dispatcher, origin_runs
-from syncline.dlq import DeadLetterStore
+from syncline.dlq import DeadLetterStore, check_dlq_dir
 from syncline.errors import PermanentError, SynclineError, TransientError
 from syncline.events import encode_key, encode_value, now_us
 from syncline.factory import build_sink, build_source, build_transport
@@ -78,10 +78,31 @@ class Pipeline:
     # ---- lifecycle -------------------------------------------------------------------
 
     def check(self, source: bool = True, sink: bool = True) -> list[str]:
-        notes = [*self._source_factory().check()] if source else []
+        """Connect to everything and check the target tables against the source's shapes.
+
+        What the apply worker would refuse at start (a missing target table or
+        column, a key mismatch, an unusable dead-letter directory) is refused here,
+        so ``syncline run`` stops with one line before anything runs. An apply-only
+        worker (no access to the source) checks the target against the shapes the
+        capture process stored in the transport, if any.
+        """
+        notes: list[str] = []
+        schemas: dict[str, TableSchema] | None = None
+        if source:
+            src = self._source_factory()
+            try:
+                notes += src.check()
+                schemas = self._chain.schemas(src.describe())
+            finally:
+                src.close()
         notes += self.transport.check()
         if sink:
-            notes += self._sink_factory().check()
+            if schemas is None:
+                text = self.transport.get_meta(SCHEMAS_META)
+                schemas = self._chain.schemas(decode_schemas(text)) if text else None
+            notes += self._sink_factory().check(schemas)
+            if self.cfg.dlq.enabled:
+                notes.append(check_dlq_dir(self.cfg.dlq_dir, self.name))
         return notes
 
     def start(self, capture: bool = True, apply: bool = True) -> None:

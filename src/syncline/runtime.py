@@ -18,7 +18,7 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from syncline.config import Config, PipelineConfig
-from syncline.errors import ConfigError, SynclineError
+from syncline.errors import ConfigError, SynclineError, for_pipeline
 from syncline.metrics import pretty_bytes
 from syncline.pipeline import Pipeline
 
@@ -77,7 +77,14 @@ class Runtime:
         cfgs = [config.pipeline(n) for n in only] if only else list(config.pipelines)
         self.role = role
         self._worker_id = worker_id
-        self.pipelines = [Pipeline(c, worker_id=_worker_id(c.name, role, worker_id)) for c in cfgs]
+        self.pipelines: list[Pipeline] = []
+        for c in cfgs:
+            try:
+                self.pipelines.append(Pipeline(c, worker_id=_worker_id(c.name, role, worker_id)))
+            except SynclineError as exc:
+                for p in self.pipelines:
+                    p.transport.close()
+                raise for_pipeline(exc, c.name) from exc
         self._stop = threading.Event()
         self.api = api  # serve the management API (docs/api.md) while running
         self.api_server: ApiServer | None = None

@@ -15,7 +15,14 @@ import psycopg2
 import pytest
 
 from syncline.config import PostgresSourceConfig
-from syncline.errors import AuthError, ConnectError, PermanentError, SchemaError, TransientError
+from syncline.errors import (
+    AuthError,
+    ConfigError,
+    ConnectError,
+    PermanentError,
+    SchemaError,
+    TransientError,
+)
 from syncline.events import Change
 from syncline.sources.base import CaptureBatch, Checkpoint
 from syncline.sources.postgres import PostgresSource
@@ -559,7 +566,8 @@ def test_unreachable_port(pg_source_dsn: str) -> None:
     msg = str(info.value)
     assert (
         msg
-        == f"cannot connect to PostgreSQL at 127.0.0.1:{port}: connection refused (source of pipeline {src.pipeline})"
+        == f"cannot connect to PostgreSQL at 127.0.0.1:{port}: connection refused (source of pipeline {src.pipeline}); "
+        "check the host and port in the source dsn and that the server is running"
     )
     assert "syncline-test" not in msg
 
@@ -570,16 +578,15 @@ def test_wrong_password(pg_source_dsn: str) -> None:
         src.check()
     port = urlsplit(pg_source_dsn).port
     assert str(info.value) == (
-        f"password authentication failed for user postgres at 127.0.0.1:{port} (source of pipeline {src.pipeline})"
+        f"password authentication failed for user postgres at 127.0.0.1:{port} (source of pipeline {src.pipeline}); "
+        "check the user and password in the source dsn"
     )
     assert "not-the-password" not in str(info.value)
 
 
 def test_missing_database(pg_source_dsn: str) -> None:
     src = _source(_with_dsn(pg_source_dsn, db="no_such_db"), ["t"])
-    with pytest.raises(
-        PermanentError, match=r"database no_such_db does not exist at 127\.0\.0\.1:"
-    ):
+    with pytest.raises(ConfigError, match=r"database no_such_db does not exist at 127\.0\.0\.1:"):
         src.open(None)
 
 
@@ -633,12 +640,14 @@ def test_wal_level_message() -> None:
         (
             'could not translate host name "db.example" to address: Name or service not known',
             ConnectError,
-            "cannot connect to PostgreSQL at db.example:6543: unknown host (source of pipeline orders)",
+            "cannot connect to PostgreSQL at db.example:6543: unknown host (source of pipeline orders)"
+            "; check the host and port in the source dsn and that the server is running",
         ),
         (
             "timeout expired",
             ConnectError,
-            "cannot connect to PostgreSQL at db.example:6543: timed out (source of pipeline orders)",
+            "cannot connect to PostgreSQL at db.example:6543: timed out (source of pipeline orders)"
+            "; check the host and port in the source dsn and that the server is running",
         ),
         (
             "logical decoding requires wal_level >= logical",
@@ -649,7 +658,8 @@ def test_wal_level_message() -> None:
         (
             'FATAL:  role "u" does not exist',
             AuthError,
-            "user u does not exist at db.example:6543 (source of pipeline orders)",
+            "user u does not exist at db.example:6543 (source of pipeline orders); fix the user "
+            "in the source dsn",
         ),
         (
             "server closed the connection unexpectedly s3cret",

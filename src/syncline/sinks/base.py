@@ -30,8 +30,12 @@ class ApplyResult:
 
 class Sink(abc.ABC):
     @abc.abstractmethod
-    def check(self) -> list[str]:
-        """Verify connectivity and target tables; raise a ``SynclineError`` if wrong."""
+    def check(self, schemas: Mapping[str, TableSchema] | None = None) -> list[str]:
+        """Verify connectivity and target tables; raise a ``SynclineError`` if wrong.
+
+        ``schemas`` (source shapes after the transforms, keyed by table id) are
+        checked as ``prepare`` would, without creating anything.
+        """
 
     @abc.abstractmethod
     def open(self, pipeline: str) -> None:

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import binascii
 import contextlib
+import dataclasses
 import hashlib
 import io
+import logging
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -74,9 +76,13 @@ from syncline.sinks.sql import (
     row_columns,
     source_without_key,
     to_json,
+    unknown_table,
 )
+from syncline.sources.postgres.errors import unreachable
 from syncline.sources.postgres.origins import SessionOrigin, newest_ts_us, split_by_origin
 from syncline.sources.postgres.pgoutput import DELETE_MESSAGE
+
+log = logging.getLogger("syncline.sink.postgres")
 
 OFFSETS = "syncline.syncline_offsets"
 _COPY_CHUNK = 1 << 20
@@ -728,6 +734,7 @@ def _bad_value(plan: _Plan, ops: TableOps, exc: Exception) -> DataError:
 
 # ---- errors ----------------------------------------------------------------------------
 
+_COPY_COLUMN = re.compile(r"^COPY .+?, line \d+, column (.+?)(?:: |$)", re.M)
 _CONN_PREFIX = re.compile(r"^connection to server (at|on) .*? failed:\s*((FATAL|ERROR):\s*)?")
 _TRANSIENT_CLASSES = ("08", "40", "53", "55", "57", "58", "25", "XX")
 
@@ -765,6 +772,11 @@ class PostgresSink(Sink):
                 f"sink dsn of pipeline {pipeline} is not a valid PostgreSQL DSN: {first_line(exc)}"
             ) from None
         self._password = params.get("password") or ""
+        if not str(params.get("port") or "5432").isdigit():
+            raise ConfigError(
+                f"sink dsn of pipeline {pipeline} has a bad port {params.get('port')!r} "
+                "(expected postgresql://user:password@host:port/dbname)"
+            )
         host = params.get("host") or params.get("hostaddr") or "localhost"
         self._addr = f"{host}:{params.get('port') or 5432}"
         self._user = params.get("user") or "(default user)"
@@ -782,6 +794,9 @@ class PostgresSink(Sink):
         }
         self._next_purge = 0.0
         self._plans: dict[str, _Plan] = {}
+        self._schemas: dict[str, TableSchema] | None = None  # prepare()'s: the captured tables
+        self._stale = False  # plans to rebuild before the next apply (after a refused batch)
+        self._replaying = False  # the last apply was a dead-letter replay
         self._staged: set[str] = set()
         self._plan_seq = 0
         self._origins = SessionOrigin(self.where, self._user)  # used if config.origin is set
@@ -838,8 +853,9 @@ class PostgresSink(Sink):
                     f"{self._pipeline}); create it or fix the sink dsn"
                 ) from None
             raise ConnectError(
-                f"cannot connect to PostgreSQL at {self._addr} (sink of pipeline {self._pipeline}): "
-                f"{msg}; check that the server is running and the sink dsn's host and port"
+                f"cannot connect to PostgreSQL at {self._addr}: {unreachable(msg) or msg} (sink of "
+                f"pipeline {self._pipeline}); check the host and port in the sink dsn and that "
+                "the server is running"
             ) from None
         except psycopg2.Error as exc:
             raise ConfigError(
@@ -884,11 +900,29 @@ class PostgresSink(Sink):
             return AuthError(f"{what} in {self.where} is not allowed: {msg}; grant the privilege")
         if code[:2] in ("42", "0A"):
             return SchemaError(f"{what} in {self.where} failed: {msg}")
-        return DataError(f"{what} in {self.where} failed: {msg}")
+        return DataError(f"{what} in {self.where} failed: {msg}{self._culprit(exc, msg)}")
+
+    def _culprit(self, exc: psycopg2.Error, msg: str) -> str:
+        """Which column (and for key constraints which key) a data error is about."""
+        diag = getattr(exc, "diag", None)
+        if diag is None:
+            return ""
+        column = diag.column_name
+        if not column and diag.context:  # COPY names the column it was reading
+            m = _COPY_COLUMN.search(diag.context)
+            column = m.group(1) if m else None
+        if column and f'"{column}"' not in msg:
+            return f" (column {column})"
+        detail = diag.message_detail or ""
+        if exc.pgcode in ("23503", "23505") and detail:
+            return f" ({self._scrub(detail.rstrip('.'))})"
+        return ""
 
     def _fail(self, exc: psycopg2.Error, what: str) -> SynclineError:
         """Translate ``exc`` and end the transaction; a broken connection is dropped."""
         err = self._translate(exc, what)
+        if isinstance(err, DataError | SchemaError):
+            self._stale = True  # the target may be altered to fix it: read its catalog again
         code = getattr(exc, "pgcode", None) or ""
         if isinstance(exc, psycopg2.InterfaceError) or not code or code[:2] in ("08", "57"):
             self._drop_connection()  # reconnect lazily on the next call
@@ -1016,16 +1050,47 @@ class PostgresSink(Sink):
             found = cur.fetchone()
             if found is None or found[0] is None:  # CREATE SCHEMA needs a privilege; skip if we can
                 cur.execute(f"CREATE SCHEMA IF NOT EXISTS {qi(schema)}")
-            cur.execute(create_table_sql(f"{qi(schema)}.{qi(table)}", source, "postgres"))
+            shape = self._portable(cur, source, f"{schema}.{table}")
+            cur.execute(create_table_sql(f"{qi(schema)}.{qi(table)}", shape, "postgres"))
             cat = self._lookup(cur, schema, table)
             assert cat is not None
         check_target(source, cat.table, self.where, ignores_missing(self._cfg.tables, table_id))
         return cat
 
+    def _portable(
+        self, cur: psycopg2.extensions.cursor, source: TableSchema, target: str
+    ) -> TableSchema:
+        """The source's shape with types the target database lacks turned into text.
+
+        A user-defined enum, composite, domain or range exists in the source
+        database only; its values travel as PostgreSQL's text form, so a text
+        column keeps them exactly (create the type in the target to keep it typed).
+        """
+        if source.dialect != "postgres" or not source.columns:
+            return source
+        cur.execute(
+            "SELECT t, to_regtype(t) IS NOT NULL FROM unnest(%s::text[]) AS t",
+            ([c.type for c in source.columns],),
+        )
+        known = dict(cur.fetchall())
+        columns = []
+        for c in source.columns:
+            if not known.get(c.type, True):
+                text = "text[]" if c.type.endswith("]") else "text"
+                log.warning(
+                    "creating %s in %s: column %s has type %s, which the target database "
+                    "does not have; it is created as %s",
+                    target, self.where, c.name, c.type, text,
+                )  # fmt: skip
+                c = dataclasses.replace(c, type=text)
+            columns.append(c)
+        return dataclasses.replace(source, columns=tuple(columns))
+
     def prepare(self, schemas: Mapping[str, TableSchema]) -> None:
         conn = self._connection()
         if self._needs_shadow or self._prefilter:
             self._ensure_conflict_tables(conn)
+        self._schemas = dict(schemas)
         try:
             with conn.cursor() as cur:
                 for table_id, source in schemas.items():
@@ -1039,6 +1104,25 @@ class PostgresSink(Sink):
         except BaseException:
             self._abort()
             raise
+
+    def _replan(self, cur: psycopg2.extensions.cursor) -> None:
+        """Plans from the target's catalog as it is now (after a refused batch).
+
+        A user fixing a dead-lettered event alters the target (wider column, dropped
+        constraint) and replays it; the cached plans and their staging tables still
+        carry the old column types, so they are built again, with new staging tables.
+        """
+        self._stale = False
+        self._force_plans.clear()
+        plans: dict[str, _Plan] = {}
+        for table_id, source in (self._schemas or {}).items():
+            schema, table = self.target_of(table_id)
+            cat = self._lookup(cur, schema, table)
+            if cat is None:
+                continue  # _plan() says the table is missing, for the events that need it
+            cols = [c.name for c in source.columns if c.name in cat.table.columns]
+            plans[table_id] = self._new_plan(table_id, cat, cols, lazy=False)
+        self._plans = plans  # lazily built plans are rebuilt when their tables come again
 
     def _ensure_conflict_tables(self, conn: psycopg2.extensions.connection) -> None:
         """Create the shadow-row and parked-conflict tables (in their own transaction)."""
@@ -1104,6 +1188,8 @@ class PostgresSink(Sink):
         schema, table = self.target_of(table_id)
         cat = self._lookup(cur, schema, table)
         if cat is None:
+            if self._schemas is not None and table_id not in self._schemas:
+                raise unknown_table(f"{schema}.{table}", self.where, table_id)
             raise missing_table(f"{schema}.{table}", self.where)
         if not cat.table.key:
             raise SchemaError(f"target table {cat.table.name} in {self.where} has no primary key")
@@ -1229,6 +1315,13 @@ class PostgresSink(Sink):
                         cur.fetchall(),
                         {p for p in needed if p is not None} | self._owned,
                     )
+                replay = any(leases.mark_partition(k) is not None for k in positions)
+                if self._stale or (replay and not self._replaying):
+                    # a refused batch, or the first replay since: the user may have just
+                    # altered the target to fix what was dead-lettered
+                    what = "reading the target tables again"
+                    self._replan(cur)
+                self._replaying = replay
                 if self._prefilter:
                     what = "fetching the target rows of conflict-checked tables"
                     steps, result = self._prefiltered(cur, changes)

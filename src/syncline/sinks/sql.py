@@ -227,6 +227,15 @@ def missing_table(name: str, where: str) -> SchemaError:
     )
 
 
+def unknown_table(name: str, where: str, table_id: str) -> SchemaError:
+    """An event of a table the pipeline does not capture (any more) and the target lacks."""
+    return SchemaError(
+        f"target table {name} does not exist in {where} and {table_id} is not among the "
+        "tables this pipeline captures (the config changed after it was logged?); "
+        "create the table, then syncline dlq replay"
+    )
+
+
 def qi(name: str) -> str:
     """Quote an identifier (standard SQL; valid for PostgreSQL and SQLite)."""
     return '"' + name.replace('"', '""') + '"'

@@ -65,6 +65,7 @@ from syncline.sinks.sql import (
     row_columns,
     source_without_key,
     to_json,
+    unknown_table,
 )
 from syncline.sources.sqlite import SUPPRESS
 
@@ -537,6 +538,7 @@ class SqliteSink(Sink):
         self._busy_timeout = busy_timeout  # how long to wait for another writer's lock
         self._conn: sqlite3.Connection | None = None
         self._plans: dict[str, _Plan] = {}
+        self._prepared: set[str] | None = None  # source tables of prepare(): the captured ones
         self.conflicts_detected = 0  # changes that met a conflict since the sink started
         self._force_plans: dict[str, _Plan] = {}  # ``conflicts resolve``: no rule, shadow kept
         self._rules: dict[str, ConflictConfig | None] = {}  # by source table
@@ -588,6 +590,10 @@ class SqliteSink(Sink):
         if not os.path.isdir(parent):
             raise StorageError(
                 f"cannot open {self.where}: directory {parent} does not exist; create it or fix the path"
+            )
+        if os.path.isdir(path):
+            raise StorageError(
+                f"cannot open {self.where}: it is a directory; set the sink path to a database file"
             )
         try:
             conn = sqlite3.connect(
@@ -689,6 +695,7 @@ class SqliteSink(Sink):
             if self._lww:
                 for ddl in LOCAL_TOMBSTONES_DDL:
                     conn.execute(ddl)
+            self._prepared = set(schemas)
             for table_id, source in schemas.items():
                 if not source.key:
                     raise source_without_key(source, self.where)
@@ -749,6 +756,8 @@ class SqliteSink(Sink):
             return plan
         target = self._lookup(self._connection(), self.target_of(table_id))
         if target is None:
+            if self._prepared is not None and table_id not in self._prepared:
+                raise unknown_table(self.target_of(table_id), self.where, table_id)
             raise missing_table(self.target_of(table_id), self.where)
         if not target.key:
             raise SchemaError(f"target table {target.name} in {self.where} has no primary key")
@@ -789,6 +798,17 @@ class SqliteSink(Sink):
         exists = os.path.exists(self._cfg.path)
         if not exists and not self._cfg.create_tables:
             raise StorageError(f"{self.where} does not exist; create it or set create_tables: true")
+        if not exists:
+            parent = os.path.dirname(os.path.abspath(self._cfg.path))
+            if not os.path.isdir(parent):
+                raise StorageError(
+                    f"cannot create {self.where}: directory {parent} does not exist; "
+                    "create it or fix the path"
+                )
+            if not os.access(parent, os.W_OK):
+                raise StorageError(
+                    f"cannot create {self.where}: directory {parent} is not writable"
+                )
         conn = self._connect() if exists else None
         try:
             notes.append(f"sink: {self.where} " + ("opened" if exists else "will be created"))

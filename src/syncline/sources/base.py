@@ -22,6 +22,10 @@ from syncline.events import Change
 from syncline.schema import TableSchema
 
 Checkpoint = dict[str, Any]
+
+# About this many bytes of row data per batch at most (at least one change): with big
+# rows, a batch of max_events changes would otherwise hold gigabytes at once.
+BATCH_BYTES = 32 << 20
 ProgressFn = Callable[[str, int, int | None], None]
 """Called during a snapshot as ``(table, rows_done, rows_estimated)``."""
 RetainedFn = Callable[[int | None], None]

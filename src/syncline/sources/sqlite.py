@@ -10,11 +10,12 @@ range scan and one JSON decode per image. See docs/sqlite-source.md.
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -31,15 +32,15 @@ from syncline.errors import (
     SynclineError,
     TransientError,
 )
-from syncline.events import Change, ChangeEvent, Op, Row, SourceInfo, now_us
+from syncline.events import Change, ChangeEvent, Op, Poison, Row, SourceInfo, now_us
 from syncline.schema import Column, TableSchema
-from syncline.sources.base import CaptureBatch, Checkpoint, Source
+from syncline.sources.base import BATCH_BYTES, CaptureBatch, Checkpoint, Source
 
 LOG: Final = "_syncline_changelog"
 META: Final = "_syncline_meta"
 SUPPRESS: Final = "_syncline_suppress"
 _TRIM_BATCH: Final = 5000  # rows per trim transaction, so service writers never wait long
-_FETCH: Final = 1000  # snapshot rows per fetchmany
+_FETCH: Final = 64  # rows per fetchmany: small enough that big rows never pile up
 _BUSY_MS: Final = 5000
 _TRIM_BUSY_MS: Final = 200
 _NOW_US: Final = "CAST((julianday('now') - 2440587.5) * 86400000000 AS INTEGER)"
@@ -50,6 +51,11 @@ _DDL: Final = (
     f"CREATE TABLE IF NOT EXISTS {SUPPRESS} (origin TEXT)",
 )
 _decode = msgspec.json.Decoder().decode
+_encode = msgspec.json.Encoder().encode
+
+
+def to_json_text(value: Any) -> str:
+    return _encode(value).decode()
 
 
 def _ident(name: str) -> str:
@@ -83,11 +89,47 @@ def _unblob(row: Row) -> Row:
     return row
 
 
-def _image(text: str | None) -> Row | None:
+def _image(raw: bytes | None) -> Row | None:
+    """A stored image (UTF-8 JSON bytes) as a row; ValueError if the bytes are not that."""
+    if raw is None:
+        return None
+    row: Row = _decode(raw)  # msgspec checks UTF-8 too (UnicodeDecodeError)
+    return _unblob(row) if b"[" in raw else row
+
+
+def _image_text(text: str | None) -> Row | None:
+    """The same for a database stored as UTF-16 (its text arrives already decoded)."""
     if text is None:
         return None
     row: Row = _decode(text)
     return _unblob(row) if "[" in text else row
+
+
+_REPLACED = "\ufffd"  # what lenient decoding puts where bytes were not UTF-8
+
+
+def _lenient(raw: bytes | str | None) -> Row | None:
+    """An image read with invalid UTF-8 replaced by U+FFFD; None if it is not JSON at all."""
+    if raw is None:
+        return None
+    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+    try:
+        row: Row = _decode(text)
+        return _unblob(row)
+    except (ValueError, TypeError, IndexError):
+        return None
+
+
+def _replaced(row: Row | None) -> list[str]:
+    """Columns whose text had bytes that are not UTF-8 (after a lenient read)."""
+    return [k for k, v in (row or {}).items() if isinstance(v, str) and _REPLACED in v]
+
+
+def _raw(raw: bytes | str | None) -> str | None:
+    if raw is None:
+        return None
+    data = raw if isinstance(raw, bytes) else raw.encode("utf-8", "surrogatepass")
+    return base64.b64encode(data).decode("ascii")
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,23 +176,29 @@ class _Snapshot:
     ``fetchmany``, so memory stays bounded however large the tables are.
     """
 
-    def __init__(self, conn: sqlite3.Connection, tables: list[_Table], start: int) -> None:
+    def __init__(
+        self, conn: sqlite3.Connection, tables: list[_Table], start: int, as_blob: bool
+    ) -> None:
         self.conn, self.start, self.ts_us = conn, start, now_us()
         self.table, self.done_rows = "", 0
-        self._rows = self._iter(tables)
+        self._rows = self._iter(tables, as_blob)
         self._next = next(self._rows, None)
 
-    def _iter(self, tables: list[_Table]) -> Iterator[tuple[_Table, str]]:
+    def _iter(self, tables: list[_Table], as_blob: bool) -> Iterator[tuple[_Table, Any]]:
         for t in tables:
-            cur = self.conn.execute(f"SELECT {t.json_sql('')} FROM {_ident(t.name)}")
+            image = f"CAST({t.json_sql('')} AS BLOB)" if as_blob else t.json_sql("")
+            cur = self.conn.execute(f"SELECT {image} FROM {_ident(t.name)}")
             while chunk := cur.fetchmany(_FETCH):
                 for (text,) in chunk:
                     yield t, text
 
-    def take(self, n: int) -> tuple[list[tuple[_Table, str]], bool]:
-        out: list[tuple[_Table, str]] = []
-        while self._next is not None and len(out) < n:
+    def take(self, n: int) -> tuple[list[tuple[_Table, Any]], bool]:
+        """Up to ``n`` rows (fewer once they add up to ``BATCH_BYTES``), and whether that is all."""
+        out: list[tuple[_Table, Any]] = []
+        size = 0
+        while self._next is not None and len(out) < n and size < BATCH_BYTES:
             out.append(self._next)
+            size += len(self._next[1])
             self._next = next(self._rows, None)
         return out, self._next is None
 
@@ -169,6 +217,11 @@ class SqliteSource(Source):
         self._trimmed = 0
         self._lock = threading.Lock()
         self._read_sql = self._trim_sql = ""
+        # Images are read as bytes (CAST AS BLOB) and decoded by us, so a row holding
+        # bytes that are not UTF-8 (SQLite stores TEXT unchecked) becomes a poison
+        # record instead of failing the whole read. UTF-16 databases hand out text.
+        self._utf8 = True
+        self._img: Callable[[Any], Row | None] = _image
 
     # -- connections and errors -------------------------------------------
 
@@ -177,7 +230,12 @@ class SqliteSource(Source):
 
     def _connect(self, mode: str) -> sqlite3.Connection:
         if not os.path.isfile(self.path):
-            raise PermanentError(f"SQLite database {self.path} does not exist {self._where()}")
+            what = (
+                "is a directory, not a database file"
+                if os.path.isdir(self.path)
+                else "does not exist"
+            )
+            raise PermanentError(f"SQLite database {self.path} {what} {self._where()}")
         uri = f"file:{pathname2url(self.path)}?mode={mode}"
         try:
             conn = sqlite3.connect(
@@ -233,7 +291,8 @@ class SqliteSource(Source):
             pk = sorted((r[5], r[1]) for r in info if r[5])
             if not pk:
                 raise SchemaError(
-                    f"table {name} has no primary key: add one; syncline needs a key to keep per-row order"
+                    f"table {name} in {self.path} has no primary key: add one (syncline applies"
+                    f" changes by key) {self._where()}"
                 )
             cols = tuple(Column(r[1], r[2], nullable=not r[3] and not r[5]) for r in info)
             out[name] = _Table(name, cols, tuple(c for _, c in pk))
@@ -274,6 +333,9 @@ class SqliteSource(Source):
                 )
             # our only writes after install are trims: losing one to a power cut is harmless
             conn.execute("PRAGMA synchronous=NORMAL")
+            encoding = str(conn.execute("PRAGMA encoding").fetchone()[0])
+            self._utf8 = encoding.upper() == "UTF-8"
+            self._img = _image if self._utf8 else _image_text
             acked, high = self._install(conn)
             # and a trim that meets a busy service just waits for the next ack
             conn.execute(f"PRAGMA busy_timeout={_TRIM_BUSY_MS}")
@@ -285,8 +347,9 @@ class SqliteSource(Source):
             self.close()
             raise
         marks = ", ".join("?" * len(self._tables))
+        images = "CAST(old AS BLOB), CAST(new AS BLOB)" if self._utf8 else "old, new"
         self._read_sql = (
-            f"SELECT seq, tbl, op, old, new, ts_us FROM {LOG}"
+            f"SELECT seq, tbl, op, {images}, ts_us FROM {LOG}"
             f" WHERE seq > ? AND tbl IN ({marks}) ORDER BY seq LIMIT ?"
         )
         self._trim_sql = (
@@ -364,7 +427,7 @@ class SqliteSource(Source):
             conn.execute("BEGIN")
             cut = self._cut(conn)  # the first read pins the transaction's view
             start = cut if resume is None else resume
-            self._snap = _Snapshot(conn, list(self._tables.values()), start)
+            self._snap = _Snapshot(conn, list(self._tables.values()), start, self._utf8)
         except BaseException:
             conn.close()
             raise
@@ -381,15 +444,28 @@ class SqliteSource(Source):
             with self._lock:
                 try:
                     version = conn.execute("PRAGMA data_version").fetchone()[0]
-                    rows = conn.execute(
-                        self._read_sql, (self._seq, *self._tables, max(1, max_changes))
-                    ).fetchall()
+                    rows = self._fetch(conn, max(1, max_changes))
                 except sqlite3.Error as exc:
                     raise self._error(exc, "cannot read the changelog") from exc
             if rows:
                 return self._batch(rows, max_changes)
             if not self._wait(conn, version, deadline):
                 return None
+
+    def _fetch(self, conn: sqlite3.Connection, limit: int) -> list[Any]:
+        """Up to ``limit`` changelog rows, stopping early after about ``BATCH_BYTES``."""
+        cur = conn.execute(self._read_sql, (self._seq, *self._tables, limit))
+        try:
+            rows = cur.fetchmany(_FETCH)
+            if len(rows) < _FETCH:
+                return rows
+            size = sum(len(r[3] or b"") + len(r[4] or b"") for r in rows)
+            while size < BATCH_BYTES and (more := cur.fetchmany(_FETCH)):
+                rows += more
+                size += sum(len(r[3] or b"") + len(r[4] or b"") for r in more)
+            return rows
+        finally:
+            cur.close()
 
     def _wait(self, conn: sqlite3.Connection, version: int, deadline: float) -> bool:
         """Sleep until another connection commits (PRAGMA data_version moves) or time is up."""
@@ -410,16 +486,21 @@ class SqliteSource(Source):
             raise self._error(exc, f"snapshot of table {snap.table or '?'} failed") from exc
         now, ts = now_us(), snap.ts_us
         changes: list[Change] = []
+        img = self._img
         for i, (t, text) in enumerate(rows):
-            after = _image(text)
-            assert after is not None
             flag = "last" if last and i == len(rows) - 1 else "true"
             src = SourceInfo(
                 connector="sqlite", name=self.pipeline, ts_ms=ts // 1000, ts_us=ts,
                 snapshot=flag, db=self._db, schema="main", table=t.name, seq=snap.start,
             )  # fmt: skip
-            ev = ChangeEvent(after=after, source=src, op=Op.READ, ts_ms=now // 1000, ts_us=now)
-            changes.append(Change(t.key_of(after), ev))
+            try:
+                after = img(text)
+            except ValueError:
+                changes += self._salvage(t, Op.READ, None, text, src, now)
+            else:
+                assert after is not None
+                ev = ChangeEvent(after=after, source=src, op=Op.READ, ts_ms=now // 1000, ts_us=now)
+                changes.append(Change(t.key_of(after), ev))
             if t.name != snap.table:
                 snap.table, snap.done_rows = t.name, 0
             snap.done_rows += 1
@@ -435,15 +516,24 @@ class SqliteSource(Source):
         now = now_us()
         out: list[Change] = []
         seq = self._seq
+        image = self._img
         for seq_, tbl, op, old, new, ts in rows:
             if len(out) >= max_changes:
                 break
             t = self._tables[tbl]
-            before, after = _image(old), _image(new)
             src = SourceInfo(
                 connector="sqlite", name=self.pipeline, ts_ms=ts // 1000, ts_us=ts,
                 db=self._db, schema="main", table=tbl, seq=seq_,
             )  # fmt: skip
+            try:
+                before, after = image(old), image(new)
+            except ValueError:
+                salvaged = self._salvage(t, op, old, new, src, now)
+                if out and len(out) + len(salvaged) > max_changes:
+                    break
+                out += salvaged
+                seq = seq_
+                continue
             img = after if after is not None else before
             assert img is not None
             key = t.key_of(img)
@@ -460,6 +550,70 @@ class SqliteSource(Source):
             seq = seq_
         self._seq = seq
         return CaptureBatch(out, {"seq": seq, "snapshot": "done"})
+
+    def _salvage(
+        self, t: _Table, op: str, old: Any, new: Any, src: SourceInfo, now: int
+    ) -> list[Change]:
+        """Changes for a changelog row whose images cannot be read exactly.
+
+        What can be applied exactly still is: an update whose old image alone is
+        unreadable loses only its ``before`` (as PostgreSQL sends updates), a
+        delete keeps its key (as PostgreSQL sends deletes) when the key columns
+        read cleanly. Anything else becomes a poison record in the change's place.
+        """
+        before = after = None
+        with contextlib.suppress(ValueError):
+            before = self._img(old)
+        with contextlib.suppress(ValueError):
+            after = self._img(new)
+        lb = before if before is not None or old is None else _lenient(old)
+        la = after if after is not None or new is None else _lenient(new)
+        key_before = {k: lb.get(k) for k in t.key} if lb is not None else {}
+        key_after = {k: la.get(k) for k in t.key} if la is not None else {}
+        if op == Op.UPDATE and old is not None and key_before != key_after:
+            # a key change: the delete of the old key, then the create of the new one
+            return [
+                *self._salvage(t, Op.DELETE, old, None, src, now),
+                *self._salvage(t, Op.CREATE, None, new, src, now),
+            ]
+        if op == Op.DELETE:
+            if before is not None:
+                return [Change(key_before, self._event(before, None, op, src, now))]
+            if lb is not None and not _replaced(key_before):
+                return [Change(key_before, self._event(key_before, None, op, src, now))]
+            return [self._poison(t, op, key_before, old, None, lb, src, now)]
+        if after is not None:  # create/read/update with a readable new image
+            return [Change(key_after, self._event(None, after, op, src, now))]
+        return [self._poison(t, op, key_after, old if op == Op.UPDATE else None, new, la, src, now)]
+
+    def _poison(
+        self,
+        t: _Table,
+        op: str,
+        key: Row,
+        old: Any,
+        new: Any,
+        lenient: Row | None,
+        src: SourceInfo,
+        now: int,
+    ) -> Change:
+        bad = _replaced(lenient)
+        if len(bad) == 1:
+            what = f"column {bad[0]} holds bytes that are not valid UTF-8"
+        elif bad:
+            what = f"columns {', '.join(bad)} hold bytes that are not valid UTF-8"
+        else:
+            what = "its stored row image is not valid JSON"
+        key_text = to_json_text(key) if key else "(unreadable)"
+        error = (
+            f"SQLite {self.path} {self._where()}: row {key_text} of table {t.name}: {what}; "
+            "fix the row in the source database, then syncline dlq purge this entry "
+            "(the fix, held behind it, then applies)"
+        )
+        poison = Poison(error=error, before=_raw(old), after=_raw(new))
+        return Change(
+            key, ChangeEvent(source=src, op=op, ts_ms=now // 1000, ts_us=now, poison=poison)
+        )
 
     @staticmethod
     def _event(

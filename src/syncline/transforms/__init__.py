@@ -7,7 +7,8 @@ encrypt, python), applied between the log and the sink. See docs/transforms.md.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+import difflib
+from typing import Annotated, Any, get_args
 
 from pydantic import Field, TypeAdapter, ValidationError
 
@@ -45,6 +46,19 @@ TYPES = (
     "python",
 )
 _adapter: TypeAdapter[SpecBase] = TypeAdapter(TransformSpec)
+_SPECS: dict[str, type[SpecBase]] = {
+    get_args(cls.model_fields["type"].annotation)[0]: cls
+    for cls in get_args(get_args(TransformSpec)[0])
+}
+
+
+def _unknown_key(kind: str, key: str) -> str:
+    spec = _SPECS.get(kind)
+    known = list(spec.model_fields) if spec is not None else []
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    return (
+        f"unknown key (did you mean {close[0]}?)" if close else "unknown key (check the spelling)"
+    )
 
 
 def _where(loc: tuple[int | str, ...]) -> str:
@@ -69,7 +83,7 @@ def parse_spec(index: int, spec: Any) -> SpecBase:
         for err in exc.errors():
             loc = err["loc"][1:]  # the first element is the type tag
             if err["type"] == "extra_forbidden":
-                msg = "unknown key (check the spelling)"
+                msg = _unknown_key(kind, str(loc[-1]) if loc else "")
             else:
                 msg = err["msg"].removeprefix("Value error, ")
             parts.append(f"{_where(loc)}: {msg}" if loc else msg)

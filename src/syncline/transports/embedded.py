@@ -87,9 +87,15 @@ _WAL_MAX_PAGES = 8192
 _WAL_KICK_PAGES = 1000  # pages appended before the background checkpoint runs (SQLite's default)
 _WAL_CATCH_UP_PAGES = 2048  # WAL length past which the producer waits for the checkpoint
 
+# Big records: a stored batch row is cut at about _ROW_BYTES (SQLite refuses a value
+# over SQLITE_LIMIT_LENGTH, 1 GB by default), and a poll stops after about
+# _POLL_BYTES, so many big records never sit in memory at once.
+_ROW_BYTES = 16 << 20
+_POLL_BYTES = 32 << 20
+
 # SQLite primary result codes (sqlite3.h).
-_PERM, _BUSY, _LOCKED, _READONLY, _IOERR, _CORRUPT, _FULL, _CANTOPEN, _NOTADB = (
-    3, 5, 6, 8, 10, 11, 13, 14, 26,
+_PERM, _BUSY, _LOCKED, _READONLY, _IOERR, _CORRUPT, _FULL, _CANTOPEN, _NOTADB, _TOOBIG = (
+    3, 5, 6, 8, 10, 11, 13, 14, 26, 18,
 )  # fmt: skip
 
 _encode_checkpoint = msgspec.json.Encoder().encode
@@ -160,6 +166,11 @@ def _translate(exc: sqlite3.Error, db: Path, doing: str) -> SynclineError:
         )
     if code == _IOERR:
         return StorageError(f"embedded log at {db}: disk I/O error while {doing} ({msg})")
+    if code == _TOOBIG or "too big" in msg:
+        return StorageError(
+            f"embedded log at {db}: a record is larger than SQLite stores in one value while "
+            f"{doing} ({msg}); see docs/reliability.md, bad input: oversized rows"
+        )
     if code in (_BUSY, _LOCKED):
         return TransportError(f"embedded log at {db} is locked by another connection while {doing}")
     return TransportError(f"embedded log at {db}: {msg} while {doing}")
@@ -376,8 +387,9 @@ class EmbeddedTransport(Transport):
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
+            why = "it is a file" if self.dir.is_file() else exc.strerror
             raise StorageError(
-                f"cannot create the embedded log directory {self.dir} ({exc.strerror}); "
+                f"cannot create the embedded log directory {self.dir} ({why}); "
                 "set transport.path to a writable directory"
             ) from exc
         self.db = self.dir / f"{pipeline}.log.db"
@@ -574,6 +586,8 @@ class EmbeddedProducer(Producer):
                 adds[crc32(r.key) % n](r)  # partition_for, inlined: this loop is the hot path
         ts = time.time_ns() // 1_000_000
         rows = [(p, nxt[p], len(g), ts, _encode_batch(g)) for p, g in enumerate(groups) if g]
+        if any(len(r[4]) > _ROW_BYTES for r in rows):
+            rows = self._cut(rows, groups, ts)
         conn = self._conn
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -594,6 +608,35 @@ class EmbeddedProducer(Producer):
         self._ckpt.after_commit(len(rows) * 2 + 1 + sum(len(r[4]) for r in rows) // 4000)
         if time.monotonic() - self._last_retention >= RETENTION_EVERY_S:
             self._retention()
+
+    def _cut(
+        self, rows: list[tuple[int, int, int, int, bytes]], groups: list[list[Record]], ts: int
+    ) -> list[tuple[int, int, int, int, bytes]]:
+        """Store a big partition batch as several rows of about ``_ROW_BYTES`` each."""
+        limit = self._conn.getlimit(sqlite3.SQLITE_LIMIT_LENGTH)
+        out: list[tuple[int, int, int, int, bytes]] = []
+        for p, base, _count, _ts, payload in rows:
+            if len(payload) <= _ROW_BYTES:
+                out.append((p, base, _count, _ts, payload))
+                continue
+            part: list[Record] = []
+            size = 0
+            for r in groups[p]:
+                n = len(r.value) + len(r.key) + len(r.table)
+                if part and size + n > _ROW_BYTES:
+                    out.append((p, base, len(part), ts, _encode_batch(part)))
+                    base, part, size = base + len(part), [], 0
+                if n >= limit:
+                    raise StorageError(
+                        f"embedded log at {self._db}: a change of {r.table} (key "
+                        f"{r.key[:200].decode('utf-8', 'replace')}) is {n / 1e6:.0f} MB encoded, "
+                        f"more than SQLite stores in one value ({limit / 1e6:.0f} MB); it stays "
+                        "in the source; see docs/reliability.md, bad input: oversized rows"
+                    )
+                part.append(r)
+                size += n
+            out.append((p, base, len(part), ts, _encode_batch(part)))
+        return out
 
     def _retention(self) -> None:
         """Opportunistic; never raises, since the batch is already durable."""
@@ -638,9 +681,10 @@ class EmbeddedConsumer(Consumer):
         self._signal = transport.signal
         self._lock = threading.Lock()
         self._rr = 0
-        # Per partition, the last batch decoded: (base offset, records). Batches never
-        # change, so it stays valid whatever the position; it serves the rest of a batch.
-        self._buf: dict[int, tuple[int, list[Record]]] = {}
+        # Per partition, the last batch decoded: (base offset, records, bytes per record).
+        # Batches never change, so it stays valid whatever the position; it serves the
+        # rest of a batch.
+        self._buf: dict[int, tuple[int, list[Record], int]] = {}
         self._active = time.monotonic()  # when records last came; long idle → slower checks
         self._closed = False
         self._conn = transport.connect()
@@ -692,14 +736,15 @@ class EmbeddedConsumer(Consumer):
         k = len(parts)
         self._rr = (self._rr + 1) % k
         todo = [parts[(self._rr + i) % k] for i in range(k)]
-        while todo and len(out) < max_records:
+        room = [_POLL_BYTES]  # bytes left in this poll, shared by the partitions
+        while todo and len(out) < max_records and room[0] > 0:
             share = max(1, -(-(max_records - len(out)) // len(todo)))
             full = []
             for p in todo:
                 budget = min(share, max_records - len(out))
-                if budget <= 0:
+                if budget <= 0 or room[0] <= 0:
                     break
-                got = self._take(p, pos[p], budget)
+                got = self._take(p, pos[p], budget, room)
                 if got:
                     out.extend(got)
                     pos[p] = got[-1].offset + 1
@@ -709,17 +754,23 @@ class EmbeddedConsumer(Consumer):
         self._pos = pos
         return out
 
-    def _take(self, p: int, start: int, budget: int) -> list[Delivered]:
-        """Up to ``budget`` records of partition ``p`` from offset ``start`` on."""
+    def _take(self, p: int, start: int, budget: int, room: list[int]) -> list[Delivered]:
+        """Up to ``budget`` records of partition ``p`` from offset ``start`` on.
+
+        ``room[0]`` is the poll's byte allowance, estimated per batch from its stored
+        size; at least one record is taken whatever its size.
+        """
         out: list[Delivered] = []
         buf = self._buf.get(p)
         if buf is not None:
-            base, recs = buf
+            base, recs, each = buf
             if base <= start < base + len(recs):
                 i = start - base
-                chunk = recs[i : i + budget]
+                n = min(budget, max(1, room[0] // each))
+                chunk = recs[i : i + n]
+                room[0] -= each * len(chunk)
                 out = [Delivered(p, o, r.table, r.key, r.value) for o, r in enumerate(chunk, start)]
-                if len(out) == budget:
+                if len(out) == budget or room[0] <= 0:
                     return out
                 start += len(out)
         cur = self._conn.execute(_READ, (p, start))
@@ -731,13 +782,16 @@ class EmbeddedConsumer(Consumer):
                     raise self._unreadable(p, base, str(exc)) from exc
                 if len(recs) != count:
                     raise self._unreadable(p, base, f"{len(recs)} records, expected {count}")
-                self._buf[p] = (base, recs)
+                each = max(1, len(payload) // max(count, 1))
+                self._buf[p] = (base, recs, each)
                 first = max(start, base)
-                chunk = recs[first - base : first - base + budget - len(out)]
+                n = min(budget - len(out), max(0 if out else 1, room[0] // each))
+                chunk = recs[first - base : first - base + n]
+                room[0] -= each * len(chunk)
                 out += [
                     Delivered(p, o, r.table, r.key, r.value) for o, r in enumerate(chunk, first)
                 ]
-                if len(out) >= budget:
+                if len(out) >= budget or room[0] <= 0 or not chunk:
                     break
         finally:
             cur.close()  # ends the read transaction, so checkpoints are not held back

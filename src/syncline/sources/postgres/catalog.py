@@ -19,8 +19,18 @@ from syncline.sources.postgres.values import TypeInfo
 _TABLE = """
 SELECT c.oid, c.relkind, c.relreplident, c.reltuples
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p')
+WHERE n.nspname = %s AND c.relname = %s
 """
+_NOT_TABLES = {
+    "v": "a view",
+    "m": "a materialized view",
+    "f": "a foreign table",
+    "S": "a sequence",
+    "i": "an index",
+    "I": "an index",
+    "c": "a composite type",
+    "t": "a TOAST table",
+}
 # Generated columns are not replicated by pgoutput, so the snapshot leaves them out too.
 _COLUMNS = """
 SELECT a.attname, a.atttypid, format_type(a.atttypid, a.atttypmod), NOT a.attnotnull
@@ -56,6 +66,7 @@ class TableInfo:
     columns: tuple[ColumnInfo, ...]
     key: tuple[str, ...]
     estimate: int | None  # pg_class.reltuples, None when never analysed
+    whole_row: bool = False  # no primary key: REPLICA IDENTITY FULL makes every column the key
 
     @property
     def table_id(self) -> str:
@@ -80,7 +91,13 @@ def load_table(cur: Any, table_id: str, db: str, pipeline: str) -> TableInfo:
         raise SchemaError(
             f"table {table_id} does not exist in database {db} (source of pipeline {pipeline})"
         )
-    oid, _relkind, replident, reltuples = row
+    oid, relkind, replident, reltuples = row
+    if relkind not in ("r", "p"):
+        what = _NOT_TABLES.get(relkind, f"not a table (relkind {relkind})")
+        raise SchemaError(
+            f"{table_id} in database {db} is {what}; logical replication captures tables only "
+            f"(source of pipeline {pipeline})"
+        )
     cur.execute(_COLUMNS, (oid,))
     columns = tuple(ColumnInfo(r[0], int(r[1]), r[2], bool(r[3])) for r in cur.fetchall())
     cur.execute(_INDEX_COLUMNS, (oid,))
@@ -116,6 +133,7 @@ def load_table(cur: Any, table_id: str, db: str, pipeline: str) -> TableInfo:
         columns=columns,
         key=key,
         estimate=int(reltuples) if reltuples is not None and reltuples >= 0 else None,
+        whole_row=replident == "f" and not pk,
     )
 
 

@@ -81,15 +81,40 @@ def endpoint(dsn: str, pipeline: str, label: str = "") -> Endpoint:
     )
 
 
+_UNREACHABLE = (
+    ("connection refused", "connection refused"),
+    ("could not translate host name", "unknown host"),
+    ("name or service not known", "unknown host"),
+    ("timeout expired", "timed out"),
+    ("no route to host", "no route to host"),
+    ("network is unreachable", "network unreachable"),
+    ("no such file or directory", "no server socket"),
+)
+
+
+def unreachable(message: str) -> str | None:
+    """Why libpq could not reach the server (its messages carry no SQLSTATE), or None."""
+    low = message.lower()
+    for needle, why in _UNREACHABLE:
+        if needle in low:
+            return why
+    return None
+
+
 def translate(exc: BaseException, ep: Endpoint, doing: str = "") -> SynclineError:
     """Map a driver exception to the syncline error a user can act on."""
     raw = str(exc)
     low = raw.lower()
     where, role = ep.where, ep.role
     if "password authentication failed" in low or "no password supplied" in low:
-        return AuthError(f"password authentication failed for user {ep.user} at {where} ({role})")
+        return AuthError(
+            f"password authentication failed for user {ep.user} at {where} ({role}); "
+            "check the user and password in the source dsn"
+        )
     if 'role "' in low and "does not exist" in low:
-        return AuthError(f"user {ep.user} does not exist at {where} ({role})")
+        return AuthError(
+            f"user {ep.user} does not exist at {where} ({role}); fix the user in the source dsn"
+        )
     if "no pg_hba.conf entry" in low:
         return AuthError(
             f"server at {where} does not allow user {ep.user} to connect to {ep.dbname} "
@@ -105,18 +130,22 @@ def translate(exc: BaseException, ep: Endpoint, doing: str = "") -> SynclineErro
             f"logical decoding is off at {where}: set wal_level=logical and restart PostgreSQL ({role})"
         )
     if 'database "' in low and "does not exist" in low:
-        return PermanentError(f"database {ep.dbname} does not exist at {where} ({role})")
-    for needle, why in (
-        ("connection refused", "connection refused"),
-        ("could not translate host name", "unknown host"),
-        ("name or service not known", "unknown host"),
-        ("timeout expired", "timed out"),
-        ("no route to host", "no route to host"),
-        ("network is unreachable", "network unreachable"),
-        ("no such file or directory", "no server socket"),
-    ):
-        if needle in low:
-            return ConnectError(f"cannot connect to PostgreSQL at {where}: {why} ({role})")
+        return ConfigError(
+            f"database {ep.dbname} does not exist at {where} ({role}); create it or fix the "
+            "source dsn"
+        )
+    why = unreachable(low)
+    if why is not None:
+        return ConnectError(
+            f"cannot connect to PostgreSQL at {where}: {why} ({role}); check the host and "
+            "port in the source dsn and that the server is running"
+        )
+    if "invalid byte sequence for encoding" in low:
+        return PermanentError(
+            f"{doing or 'reading'} failed at {where}: {ep.scrub(raw)}: database {ep.dbname} holds "
+            f"text that is not valid UTF-8 (a SQL_ASCII database?) and syncline reads UTF-8 "
+            f"only; see docs/reliability.md, bad input ({role})"
+        )
     if "is active for pid" in low:
         return TransientError(
             f"{ep.scrub(raw)} at {where}: another capture process is using the slot ({role})"

@@ -22,12 +22,26 @@ import psycopg2.extensions
 from psycopg2 import sql
 
 from syncline.events import Change, ChangeEvent, SourceInfo
-from syncline.sources.base import ProgressFn
+from syncline.sources.base import BATCH_BYTES, ProgressFn
 from syncline.sources.postgres.catalog import TableInfo
 from syncline.sources.postgres.pgoutput import Decoder
 from syncline.sources.postgres.values import StrConv, TypeRegistry
 
 CHUNK = 5000
+FIRST_CHUNK = 16  # rows of a table fetched first, to size the next fetches
+
+
+def _row_bytes(rows: list[tuple[Any, ...]]) -> int:
+    """Average size of a few of ``rows`` (their values as converted: text, base64, lists)."""
+    sample = rows[:8]
+    if not sample:
+        return 0
+    total = 0
+    for row in sample:
+        for v in row:
+            t = type(v)
+            total += len(v) if t is str or t is bytes else (16 * len(v) if t is list else 8)
+    return total // len(sample)
 
 
 def _caster(conv: StrConv) -> Callable[[Any, Any], Any]:
@@ -61,6 +75,7 @@ class SnapshotReader:
         self._index = 0
         self._cursor: Any = None
         self._rows_done = 0
+        self._chunk = FIRST_CHUNK
         self._held: list[Change] = []
         self.done = False  # every table has been read to the end
         self.finished = False  # ... and every row has been handed out
@@ -107,17 +122,24 @@ class SnapshotReader:
         max_rows = max(1, max_rows)
         out = self._held
         self._held = []
-        while len(out) <= max_rows and not self.done:
-            self._fetch_into(out, max_rows + 1 - len(out))
+        size = 0
+        while len(out) <= max_rows and not self.done and (size < BATCH_BYTES or len(out) < 2):
+            size += self._fetch_into(out, max_rows + 1 - len(out))
         if self.done and len(out) <= max_rows:
             if out:
                 out[-1].event.source.snapshot = "last"
             self.finished = True
             return out
-        self._held = out[max_rows:]
-        return out[:max_rows]
+        cut = min(max_rows, len(out) - 1)  # one row always held back (see above)
+        self._held = out[cut:]
+        return out[:cut]
 
-    def _fetch_into(self, out: list[Change], n: int) -> None:
+    def _fetch_into(self, out: list[Change], n: int) -> int:
+        """Fetch up to ``n`` rows of the current table into ``out``; their estimated bytes.
+
+        Rows are fetched in chunks sized from the rows seen so far, so a table of
+        big rows is read a few rows at a time instead of CHUNK at a time.
+        """
         t = self._tables[self._index]
         if self._cursor is None:
             self._cursor = self._conn.cursor(name=f"syncline_snapshot_{self._index}")
@@ -126,8 +148,11 @@ class SnapshotReader:
                 sql.SQL("SELECT {} FROM {}").format(self._columns(t), self._ident(t))
             )
             self._rows_done = 0
-        n = min(n, CHUNK)
+            self._chunk = FIRST_CHUNK
+        n = min(n, self._chunk)
         rows = self._cursor.fetchmany(n)
+        row_bytes = _row_bytes(rows)
+        self._chunk = max(FIRST_CHUNK, min(CHUNK, BATCH_BYTES // 2 // max(row_bytes, 1)))
         names = tuple(c.name for c in t.columns)
         key = t.key
         now = time.time_ns() // 1000
@@ -162,6 +187,7 @@ class SnapshotReader:
             self._index += 1
             if self._index >= len(self._tables):
                 self._finish()
+        return row_bytes * len(rows)
 
     def _finish(self) -> None:
         self.done = True

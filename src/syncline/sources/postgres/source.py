@@ -43,7 +43,7 @@ from syncline.config import PostgresSourceConfig
 from syncline.errors import AuthError, PermanentError, SchemaError, SynclineError
 from syncline.events import Change
 from syncline.schema import TableSchema
-from syncline.sources.base import CaptureBatch, Checkpoint, Source
+from syncline.sources.base import BATCH_BYTES, CaptureBatch, Checkpoint, Source
 from syncline.sources.postgres import catalog, slots
 from syncline.sources.postgres.catalog import TableInfo
 from syncline.sources.postgres.errors import (
@@ -137,8 +137,13 @@ class PostgresSource(Source):
                         f"user {self._ep.user} may not use replication at {self._ep.where}: "
                         f"ALTER ROLE {self._ep.user} REPLICATION ({self._ep.role})"
                     )
-                for t in self.config.tables:
+                tables = [
                     catalog.load_table(cur, t, self._ep.dbname, self.pipeline)
+                    for t in self.config.tables
+                ]
+                slot = catalog.find_slot(cur, self.slot)
+                if slot is not None:
+                    catalog.check_slot(slot, self.slot, self._ep.dbname, self.pipeline)
         except psycopg2.Error as exc:
             raise translate(exc, self._ep, "checking the source") from exc
         finally:
@@ -148,6 +153,13 @@ class PostgresSource(Source):
             f"postgres {self._ep.where}/{self._ep.dbname}: wal_level=logical, "
             f"{n} table{'s' if n != 1 else ''} ok"
         ]
+        for info in tables:
+            if info.whole_row:
+                notes.append(
+                    f"postgres: {info.table_id} has no primary key; with REPLICA IDENTITY FULL "
+                    "all its columns form the key: rows must be unique and free of NULLs "
+                    "(a NULL row is dead-lettered, duplicates become one target row)"
+                )
         if self.config.skip_origins:
             names = ", ".join(self.config.skip_origins)
             notes.append(f"postgres: transactions under replication origin(s) {names} are skipped")
@@ -391,7 +403,8 @@ class PostgresSource(Source):
         cur, dec = self._cur, self._decoder
         assert dec is not None
         deadline = time.monotonic() + timeout
-        while len(out) < max_changes:
+        size = 0
+        while len(out) < max_changes and size < BATCH_BYTES:
             # psycopg2 moves its flush LSN to a keepalive's WAL end once we have confirmed
             # the newest message's position. A message from an older, still-open transaction
             # can make that look true while complete transactions we already read are not yet
@@ -410,7 +423,9 @@ class PostgresSource(Source):
                 select.select([cur], [], [], min(left, self.config.status_interval))
                 continue
             self._last_data_start = msg.data_start
-            dec.feed(msg.payload, out, time.time_ns() // 1000)
+            payload = msg.payload
+            size += len(payload)
+            dec.feed(payload, out, time.time_ns() // 1000)
 
     def _batch(self, out: list[Change]) -> CaptureBatch:
         assert self._decoder is not None
