@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import random
 import sqlite3
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -616,11 +617,17 @@ def test_bad_files_tables_and_keys_stop_check_and_run_with_one_line(
         assert rows(tmp_path / "src.db", triggers) == [(0,)]
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes to read-only directories anyway")
 def test_read_only_log_directory(tmp_path: Path) -> None:
     sql(tmp_path / "src.db", ORDERS)
-    (tmp_path / "log").mkdir()
-    (tmp_path / "log").chmod(0o500)
+    log_dir = tmp_path / "log"
+    log_dir.mkdir()
+    as_root = os.geteuid() == 0
+    if as_root:  # root writes through permissions: make the file system itself read-only
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(log_dir)], check=True
+        )
+    else:
+        log_dir.chmod(0o500)
     cfg = tmp_path / "syncline.yaml"
     cfg.write_text(shop_config(tmp_path))
     try:
@@ -629,7 +636,10 @@ def test_read_only_log_directory(tmp_path: Path) -> None:
         assert "not writable" in result.stderr or "cannot be written" in result.stderr
         assert len(result.stderr.splitlines()) == 1
     finally:
-        (tmp_path / "log").chmod(0o700)
+        if as_root:
+            subprocess.run(["umount", str(log_dir)], check=True)
+        else:
+            log_dir.chmod(0o700)
 
 
 def test_a_real_process_stops_with_one_line_on_a_missing_target_table(tmp_path: Path) -> None:
