@@ -103,7 +103,9 @@ def test_read_only_disk_at_start_is_one_clear_line_and_resumes_after_the_fix(
         assert "Traceback" not in result.stderr
         errors = _error_lines(result.stderr, "error")
         assert len(errors) == 1, result.stderr
-        assert errors[0].startswith(f"syncline: error: embedded log at {log_dir / PIPELINE}")
+        assert errors[0].startswith(
+            f"syncline: error: pipeline {PIPELINE}: embedded log at {log_dir / PIPELINE}"
+        )
         assert "Read-only file system" in errors[0], errors[0]
 
         remount(disk, "rw")
