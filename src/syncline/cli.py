@@ -33,12 +33,10 @@ ConfigArg = Annotated[
 ]
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def _setup_logging(level: str, fmt: str = "text") -> None:
+    from syncline.observability.logs import setup_logging
+
+    setup_logging(level, fmt, sys.stderr)
 
 
 def _fail(exc: SynclineError) -> typer.Exit:
@@ -68,20 +66,42 @@ def run(
         str | None,
         typer.Option(help="Name of this apply worker (default: host, and pid for --role apply)."),
     ] = None,
+    log_format: Annotated[
+        str, typer.Option(help="text (for people) or json (one object per line).")
+    ] = "text",
+    metrics: Annotated[
+        str | None,
+        typer.Option(
+            help="Serve Prometheus metrics at http://HOST:PORT/metrics (overrides metrics.listen).",
+            metavar="HOST:PORT",
+        ),
+    ] = None,
 ) -> None:
     """Run the pipelines until SIGINT/SIGTERM, then drain and exit."""
     from syncline.runtime import Runtime
 
-    _setup_logging(log_level)
     try:
+        _setup_logging(log_level, log_format)
         cfg = load_config(config)
-        runtime = Runtime(cfg, pipeline or (), role=role, worker_id=worker_id)
+        runtime = Runtime(
+            cfg, pipeline or (), role=role, worker_id=worker_id, log_format=log_format
+        )
         # Fail fast on what a user can fix (typo in a host, wrong password, missing
         # table); once running, outages are retried instead.
         for p in runtime.pipelines:
             p.check(source=role != "apply", sink=role != "capture")
+        listen = metrics or cfg.metrics.listen
+        server = None
+        if listen:
+            from syncline.observability.prometheus import serve_metrics
+
+            server = serve_metrics(lambda: runtime.pipelines, listen)
         tune_for_throughput()
-        code = runtime.run(drain_timeout=drain_timeout)
+        try:
+            code = runtime.run(drain_timeout=drain_timeout)
+        finally:
+            if server is not None:
+                server.close()
     except SynclineError as exc:
         raise _fail(exc) from None
     raise typer.Exit(code)
@@ -268,6 +288,57 @@ def conflicts_resolve(
     later = ", ".join(map(str, ids[1:]))
     then = f"; then applied later parked change(s) {later}" if later else ""
     typer.echo(f"conflict {conflict_id} resolved: applied the incoming change{then}")
+
+
+@app.command()
+def trace(
+    config: ConfigArg,
+    table: Annotated[
+        str | None, typer.Option("--table", "-t", help="Source table (schema.table or name).")
+    ] = None,
+    key: Annotated[
+        str | None,
+        typer.Option("--key", "-k", help="Primary key as JSON, e.g. '{\"id\": 5}'."),
+    ] = None,
+    correlation_id: Annotated[
+        str | None, typer.Option("--id", help="A correlation id (cid) from a log line.")
+    ] = None,
+    pipeline: PipelineOpt = None,
+    limit: Annotated[int, typer.Option(help="At most this many changes, newest first.")] = 10,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Where is the change to a key? Captured, published, applied, or failed with what."""
+    import json
+
+    from syncline.monitoring.trace import find, render
+
+    try:
+        cfg = load_config(config)
+        if not cfg.monitoring.enabled:
+            raise ConfigError(
+                f"{config}: monitoring is not enabled (add monitoring: {{enabled: true}})"
+            )
+        if pipeline is not None:
+            cfg.pipeline(pipeline)  # a one-line error for an unknown name
+        records = find(
+            cfg.monitoring,
+            table=table,
+            key=key,
+            correlation_id=correlation_id,
+            pipeline=pipeline,
+            limit=limit,
+        )
+    except SynclineError as exc:
+        raise _fail(exc) from None
+    if as_json:
+        typer.echo(json.dumps([r.to_dict() for r in records], indent=2))
+        return
+    if not records:
+        what = f"id {correlation_id}" if correlation_id else f"{table} key {key}"
+        typer.echo(f"no recorded changes for {what} (within monitoring.retention_hours)")
+        raise typer.Exit(1)
+    for line in render(records):
+        typer.echo(line)
 
 
 def _register_subcommands() -> None:

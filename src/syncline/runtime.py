@@ -14,11 +14,17 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from syncline.config import Config
 from syncline.errors import ConfigError
 from syncline.metrics import pretty_bytes
 from syncline.pipeline import Pipeline
+
+if TYPE_CHECKING:
+    from prometheus_client.registry import CollectorRegistry
+
+    from syncline.monitoring.monitor import Monitor
 
 log = logging.getLogger("syncline.runtime")
 
@@ -37,6 +43,7 @@ class Runtime:
         only: Sequence[str] = (),
         role: str = "all",
         worker_id: str | None = None,
+        log_format: str = "text",
     ) -> None:
         if role not in ROLES:
             raise ConfigError(f"--role must be one of {', '.join(ROLES)}, not {role!r}")
@@ -44,6 +51,21 @@ class Runtime:
         self.role = role
         self.pipelines = [Pipeline(c, worker_id=_worker_id(c.name, role, worker_id)) for c in cfgs]
         self._stop = threading.Event()
+        self.monitor: Monitor | None = None
+        if config.monitoring.enabled:
+            from syncline.monitoring.monitor import Monitor
+
+            self.monitor = Monitor(config.monitoring)
+        for p in self.pipelines:
+            p.log_format = log_format
+            if self.monitor is not None:
+                p.attach_monitor(self.monitor)
+
+    def metrics_registry(self) -> CollectorRegistry:
+        """A Prometheus registry reading these pipelines' stats at scrape time."""
+        from syncline.observability.prometheus import build_registry
+
+        return build_registry(lambda: self.pipelines)
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -56,6 +78,8 @@ class Runtime:
     ) -> int:
         """Start everything, block until stopped or all pipelines end; return an exit code."""
         self._install_signals()
+        if self.monitor is not None:
+            self.monitor.start()
         for p in self.pipelines:
             p.start(capture=self.role != "apply", apply=self.role != "capture")
             log.info("pipeline %s started (role %s, worker %s)", p.name, self.role, p.worker_id)
@@ -89,6 +113,8 @@ class Runtime:
             t.join(timeout + 1)
         for p in self.pipelines:
             log.info("pipeline %s stopped (%s): applied=%d", p.name, p.stats.state, p.stats.applied)
+        if self.monitor is not None:
+            self.monitor.close()
 
     def _install_signals(self) -> None:
         if threading.current_thread() is not threading.main_thread():
