@@ -83,6 +83,8 @@ def test_thread_apply_counts_snapshot_reads_dead_letters_and_held_changes(
     src = config.parent / "src.db"
     assert wait_until(lambda: pipe.stats.applied_by.get(("main.orders", "r")) == 3, 30)
     sql(src, "UPDATE orders SET qty = -1 WHERE id = 2")  # refused: dead-lettered
+    # (after it failed: in one batch the two would fold into one good update)
+    assert wait_until(lambda: pipe.stats.dead_lettered == 1, 30)
     sql(src, "UPDATE orders SET qty = 5 WHERE id = 2")  # same key: held behind it
     sql(src, "UPDATE orders SET qty = 7 WHERE id = 3")
     assert wait_until(lambda: pipe.stats.held == 1 and pipe.caught_up(), 30)
@@ -147,3 +149,29 @@ def test_bad_metrics_address_is_one_line(config: Path) -> None:
     assert result.stderr.strip().splitlines() == [
         "syncline: error: --metrics: 'localhost:http' is not HOST:PORT (port 0-65535; 0 picks a free one)"
     ]
+
+
+def test_dashboard_and_scrape_config_use_exported_metric_names(config: Path) -> None:
+    """deploy/grafana/syncline.json must not query a metric the collector does not export."""
+    import json
+    import re
+
+    import yaml
+
+    from e2e_helpers import REPO
+
+    pipe = Pipeline(load_config(config).pipelines[0])
+    text = render(build_registry(lambda: [pipe])).decode()
+    pipe.transport.close()
+    # every family is described even before it has samples; histograms add their series
+    families = set(re.findall(r"^# TYPE (\S+) ", text, re.M))
+    exported = families | {
+        f"{f}{sfx}" for f in families for sfx in ("_bucket", "_count", "_sum", "_total")
+    }
+    dashboard = json.loads((REPO / "deploy/grafana/syncline.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    used = {m for e in exprs for m in re.findall(r"\bsyncline_[a-z_]+", e)}
+    assert len(used) >= 15
+    assert used <= exported, used - exported
+    prom = yaml.safe_load((REPO / "deploy/prometheus/prometheus.yml").read_text())
+    assert prom["scrape_configs"][0]["metrics_path"] == "/metrics"
