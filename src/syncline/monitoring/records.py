@@ -14,7 +14,7 @@ where something is recorded or logged about a specific change.
 
 from __future__ import annotations
 
-import hashlib
+from hashlib import blake2b
 
 from syncline.events import SourceInfo
 
@@ -74,15 +74,8 @@ def position_of(source: SourceInfo) -> str:
 
 def correlation_id(pipeline: str, table: str, key: bytes, position: str) -> str:
     """16 hex digits naming one change from capture to apply (logs and the trace store)."""
-    h = hashlib.blake2b(digest_size=8)
-    h.update(pipeline.encode())
-    h.update(b"\x1f")
-    h.update(table.encode())
-    h.update(b"\x1f")
-    h.update(key)
-    h.update(b"\x1f")
-    h.update(position.encode())
-    return h.hexdigest()
+    data = b"\x1f".join((pipeline.encode(), table.encode(), key, position.encode()))
+    return blake2b(data, digest_size=8).hexdigest()
 
 
 def commit_us(source: SourceInfo) -> int:
