@@ -19,6 +19,7 @@ Usage: python bench/observability.py [--rows 200000] [--rounds 3] [--base DIR]
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import subprocess
@@ -34,7 +35,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
 from run import BULK_DDL, BULK_INSERT, q, wait_for  # noqa: E402
-
 from servers import PgServer, start_postgres  # noqa: E402
 from syncline.config import parse_config  # noqa: E402
 from syncline.events import Change, ChangeEvent, SourceInfo, encode_key, encode_value  # noqa: E402
@@ -60,7 +60,7 @@ def micro() -> None:
                     table=f"t{i % 3}",
                     lsn=1 << 32,
                     seq=i,
-                ),  # fmt: skip
+                ),
                 op="c" if i % 2 else "u",
                 ts_ms=1,
             ),
@@ -224,10 +224,8 @@ pipelines:
     @staticmethod
     def _scrape(stop: threading.Event) -> None:
         while not stop.wait(0.5):
-            try:
+            with contextlib.suppress(OSError):
                 urllib.request.urlopen("http://127.0.0.1:9479/metrics", timeout=5).read()
-            except OSError:
-                pass
 
 
 def main() -> None:

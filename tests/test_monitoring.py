@@ -241,7 +241,9 @@ def test_child_totals_add_to_what_the_parent_had() -> None:
     parent, child = PipelineStats("p"), PipelineStats("p")
     parent.applied_by[("main.t", "c")] = 5
     parent.conflicts = 2
+    parent.monitoring_dropped = 3  # the parent's own capture side
     base = parent.child_base()
+    child.monitoring_dropped = 2
     child.applied_by.update({("main.t", "c"): 3, ("main.u", "d"): 1})
     child.dead_lettered_by[("main.t", "c")] = 1
     child.conflicts = 4
@@ -250,9 +252,12 @@ def test_child_totals_add_to_what_the_parent_had() -> None:
     assert parent.applied_by == {("main.t", "c"): 8, ("main.u", "d"): 1}
     assert parent.dead_lettered_by == {("main.t", "c"): 1}
     assert parent.conflicts == 6
+    assert (parent.monitoring_dropped, parent.monitoring_dropped_child) == (3, 2)
 
 
 def test_json_logs_carry_context_and_change_fields() -> None:
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
     out = io.StringIO()
     setup_logging("info", "json", out)
     try:
@@ -281,4 +286,5 @@ def test_json_logs_carry_context_and_change_fields() -> None:
         with pytest.raises(ConfigError, match="--log-format must be one of text, json"):
             setup_logging("info", "xml")
     finally:
-        setup_logging("warning", "text")
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])

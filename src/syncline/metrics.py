@@ -116,7 +116,8 @@ class PipelineStats:
     applied_by: Counter[TableOp] = field(default_factory=Counter)
     dead_lettered_by: Counter[TableOp] = field(default_factory=Counter)
     latency_hist: LatencyHistogram = field(default_factory=LatencyHistogram)
-    monitoring_dropped: int = 0  # monitoring events dropped because the queue was full
+    monitoring_dropped: int = 0  # monitoring records this process dropped (queue full, store down)
+    monitoring_dropped_child: int = 0  # ... and those its apply child process dropped
     snapshot_rows: int = 0
     snapshot_total: int | None = None
     source_checkpoint: dict[str, object] = field(default_factory=dict)
@@ -156,7 +157,7 @@ class PipelineStats:
             "applied_by": Counter(self.applied_by),
             "dead_lettered_by": Counter(self.dead_lettered_by),
             "conflicts": self.conflicts,
-            "monitoring_dropped": self.monitoring_dropped,
+            "monitoring_dropped": self.monitoring_dropped_child,
         }
 
     def absorb_child(self, report: dict[str, Any], base: dict[str, Any]) -> None:
@@ -167,7 +168,10 @@ class PipelineStats:
                 merged[(table, op)] += n
             setattr(self, name, merged)  # one assignment: a scrape sees old or new, never half
         self.conflicts = base["conflicts"] + report.get("conflicts", 0)
-        self.monitoring_dropped = base["monitoring_dropped"] + report.get("monitoring_dropped", 0)
+        # a field of its own: the parent's capture side counts into monitoring_dropped meanwhile
+        self.monitoring_dropped_child = base["monitoring_dropped"] + report.get(
+            "monitoring_dropped", 0
+        )
 
     def latency_percentiles(self, *qs: float) -> list[float]:
         with self._lock:

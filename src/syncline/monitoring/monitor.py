@@ -48,6 +48,7 @@ log = logging.getLogger("syncline.monitoring")
 FLUSH_INTERVAL_S = 0.25
 PURGE_INTERVAL_S = 60.0
 WARN_INTERVAL_S = 60.0
+REOPEN_INTERVAL_S = 5.0
 _SAMPLE_SEED = 0x5BD1E995  # decorrelates sampling from the crc32 partitioning
 
 
@@ -77,6 +78,7 @@ class Monitor:
         self.written = 0
         self._next_purge = 0.0
         self._next_warning = 0.0
+        self._next_open = 0.0
 
     @property
     def pending(self) -> int:
@@ -120,14 +122,13 @@ class Monitor:
         try:
             while True:
                 stopping = self._stop.wait(self.flush_interval)
-                if store is None:
+                if store is None and time.monotonic() >= self._next_open:
                     store = self._open()
-                    if store is None and stopping:
-                        self._discard(self._take())
-                        return
                 if store is not None:
                     self.flush(store)
                     self._purge(store)
+                else:
+                    self._discard(self._take())  # nowhere to write them: drop, count
                 if stopping:
                     return
         finally:
@@ -139,7 +140,7 @@ class Monitor:
             return open_store(self.cfg)
         except SynclineError as exc:
             self._warn(f"monitoring store unavailable: {exc}")
-            self._discard(self._take())
+            self._next_open = time.monotonic() + REOPEN_INTERVAL_S
             return None
 
     def _take(self) -> list[Row]:

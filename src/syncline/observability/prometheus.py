@@ -148,7 +148,7 @@ class PipelineCollector:
             batches.add_metric([name], s.batches)
             retries.add_metric([name], s.retries)
             conflicts.add_metric([name], s.conflicts)
-            mon_dropped.add_metric([name], s.monitoring_dropped)
+            mon_dropped.add_metric([name], s.monitoring_dropped + s.monitoring_dropped_child)
             dlq_open.add_metric([name], s.dlq_open)
             snap_rows.add_metric([name], s.snapshot_rows)
             if s.snapshot_total is not None:
