@@ -46,10 +46,10 @@ def pcfg(tmp_path: Path) -> PipelineConfig:
     )
 
 
-def row(key: int, updated_us: int, pipeline: str = "shop") -> Row:
+def row(key: int, recorded_us: int, pipeline: str = "shop") -> Row:
     k = f'{{"id":{key}}}'
-    return (pipeline, "main.t", k, f"#{key}", "cid", "c", updated_us, updated_us, None,
-            None, None, None, None, None, None, None, updated_us)  # fmt: skip
+    return (pipeline, "main.t", k, f"#{key}", "cid", "c", recorded_us, recorded_us, None,
+            None, None, None, None, None, None, None, recorded_us)  # fmt: skip
 
 
 def change(i: int) -> tuple[Change, Record]:

@@ -276,9 +276,10 @@ class Pipeline:
             by = count_table_ops([r.table for r in records], [c.event.op for c in batch.changes])
             stats.captured_by.update(by)
             producer.publish(records, batch.checkpoint)
-            if monitor is not None and records:
-                monitor.published(batch.changes, records, captured_us, now_us())
+            published_us = now_us() if monitor is not None else 0
             source.ack(batch.checkpoint)
+            if monitor is not None and records:
+                monitor.published(batch.changes, records, captured_us, published_us)
             stats.captured += len(records)
             stats.published += len(records)
             stats.published_by.update(by)

@@ -22,14 +22,14 @@ from syncline.runtime import Runtime
 HOUR_US = 3600 * 1_000_000
 
 
-def _row(key: str, position: str, updated_us: int, table: str = "public.t_1", **cols: Any) -> Row:
+def _row(key: str, position: str, recorded_us: int, table: str = "public.t_1", **cols: Any) -> Row:
     base: dict[str, Any] = {
         "cid": None, "op": None, "committed_us": None, "captured_us": None,
         "published_us": None, "log_partition": None, "log_offset": None, "applied_us": None,
         "target": None, "failed_us": None, "failure": None, "error": None,
     }  # fmt: skip
     base.update(cols)
-    return ("p", table, key, position, *base.values(), updated_us)  # type: ignore[return-value]
+    return ("p", table, key, position, *base.values(), recorded_us)  # type: ignore[return-value]
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgres"])

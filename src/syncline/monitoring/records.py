@@ -37,7 +37,7 @@ COLUMNS = (
     "failed_us",
     "failure",  # dead_lettered | held
     "error",
-    "updated_us",
+    "recorded_us",  # first written (retention counts from here)
 )
 Row = tuple[
     str,  # pipeline
@@ -56,7 +56,7 @@ Row = tuple[
     int | None,  # failed_us
     str | None,  # failure
     str | None,  # error
-    int,  # updated_us
+    int,  # recorded_us
 ]
 
 DEAD_LETTERED, HELD = "dead_lettered", "held"

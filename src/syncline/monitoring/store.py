@@ -1,9 +1,12 @@
 """Where monitoring records live: SQLite (default) or PostgreSQL.
 
-One row per change, keyed by ``(pipeline, tbl, key, position)``. Each stage upserts
-its own columns (``COALESCE(new, old)``), so the capture process and the apply
-process can write in any order and the row ends up complete. ``updated_us`` drives
-retention; ``(tbl, key)`` and ``cid`` are indexed for ``syncline trace``.
+One row per change, keyed by ``(tbl, key, position, pipeline)`` (so "this table and
+key" is a prefix seek). Each stage upserts its own columns (``COALESCE(new, old)``),
+so the capture process and the apply process can write in any order and the row
+ends up complete. ``recorded_us`` (first write, never updated) drives retention
+through an index that only ever grows at its end. The correlation id is stored but
+not indexed: a random-valued index cost more than half of the store's write time,
+so ``--id`` lookups scan (seconds on millions of rows; a debugging aid).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from syncline.config import MonitoringConfig, PostgresMonitoringStore
 from syncline.errors import ConnectError, PermanentError, StorageError
 from syncline.monitoring.records import COLUMNS, Row
 
-_KEY = ("pipeline", "tbl", "key", "position")
+_KEY = ("tbl", "key", "position", "pipeline")
 _TYPES = {
     "pipeline": "TEXT NOT NULL",
     "tbl": "TEXT NOT NULL",
@@ -30,7 +33,7 @@ _TYPES = {
     "target": "TEXT",
     "failure": "TEXT",
     "error": "TEXT",
-    "updated_us": "BIGINT NOT NULL",
+    "recorded_us": "BIGINT NOT NULL",
 }
 
 
@@ -38,29 +41,29 @@ def _ddl(table: str, suffix: str) -> list[str]:
     cols = ", ".join(f"{c} {_TYPES.get(c, 'BIGINT')}" for c in COLUMNS)
     return [
         f"CREATE TABLE IF NOT EXISTS {table} ({cols}, PRIMARY KEY ({', '.join(_KEY)})){suffix}",
-        f"CREATE INDEX IF NOT EXISTS {table}_updated ON {table} (updated_us)",
-        f"CREATE INDEX IF NOT EXISTS {table}_key ON {table} (tbl, key)",
-        f"CREATE INDEX IF NOT EXISTS {table}_cid ON {table} (cid)",
+        f"CREATE INDEX IF NOT EXISTS {table}_recorded ON {table} (recorded_us)",
     ]
 
 
-def _upsert(table: str, placeholder: str, greatest: str) -> str:
+def _upsert(table: str, placeholder: str) -> str:
     values = ", ".join([placeholder] * len(COLUMNS))
     keep = ", ".join(
         f"{c} = COALESCE(excluded.{c}, {table}.{c})"
         for c in COLUMNS
-        if c not in _KEY and c != "updated_us"
+        if c not in _KEY and c != "recorded_us"
     )
     return (
         f"INSERT INTO {table} ({', '.join(COLUMNS)}) VALUES ({values}) "
-        f"ON CONFLICT ({', '.join(_KEY)}) DO UPDATE SET {keep}, "
-        f"updated_us = {greatest}(excluded.updated_us, {table}.updated_us)"
+        f"ON CONFLICT ({', '.join(_KEY)}) DO UPDATE SET {keep}"
     )
 
 
-def _like_suffix(table: str) -> str:
-    escaped = table.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return f"%.{escaped}"
+def table_candidates(table: str) -> list[str]:
+    """A bare name means the table in ``public`` (PostgreSQL) or ``main`` (SQLite), as in
+    the config; ``schema.table`` means itself. Exact names keep lookups on the key."""
+    if "." in table:
+        return [table]
+    return [f"public.{table}", f"main.{table}", table]
 
 
 class MonitoringStore(abc.ABC):
@@ -72,7 +75,7 @@ class MonitoringStore(abc.ABC):
 
     @abc.abstractmethod
     def purge(self, before_us: int) -> int:
-        """Delete rows last updated before ``before_us``; how many went."""
+        """Delete rows first recorded before ``before_us``; how many went."""
 
     @abc.abstractmethod
     def _select(self, where: str, args: list[Any], limit: int) -> list[tuple[Any, ...]]: ...
@@ -99,12 +102,9 @@ class MonitoringStore(abc.ABC):
         clauses: list[str] = []
         args: list[Any] = []
         if table is not None:
-            if "." in table:
-                clauses.append(f"tbl = {ph}")
-                args.append(table)
-            else:
-                clauses.append(f"(tbl = {ph} OR tbl LIKE {ph} ESCAPE '\\')")
-                args += [table, _like_suffix(table)]
+            names = table_candidates(table)
+            clauses.append(f"tbl IN ({', '.join([ph] * len(names))})")
+            args += names
         if keys:
             clauses.append(f"key IN ({', '.join([ph] * len(keys))})")
             args += list(keys)
@@ -118,7 +118,7 @@ class MonitoringStore(abc.ABC):
         return [dict(zip(COLUMNS, r, strict=True)) for r in self._select(where, args, limit)]
 
     def _order(self) -> str:
-        return "COALESCE(committed_us, captured_us, applied_us, failed_us, updated_us) DESC"
+        return "COALESCE(committed_us, captured_us, applied_us, failed_us, recorded_us) DESC"
 
 
 class SqliteTraceStore(MonitoringStore):
@@ -145,7 +145,7 @@ class SqliteTraceStore(MonitoringStore):
                     self._db.execute(stmt)
         except (OSError, sqlite3.Error) as exc:
             raise StorageError(f"monitoring store {self.path}: {exc}") from exc
-        self._upsert = _upsert(self.table, "?", "MAX")
+        self._upsert = _upsert(self.table, "?")
 
     def write(self, rows: Sequence[Row]) -> None:
         try:
@@ -161,7 +161,7 @@ class SqliteTraceStore(MonitoringStore):
 
     def purge(self, before_us: int) -> int:
         try:
-            cur = self._db.execute(f"DELETE FROM {self.table} WHERE updated_us < ?", (before_us,))
+            cur = self._db.execute(f"DELETE FROM {self.table} WHERE recorded_us < ?", (before_us,))
         except sqlite3.Error as exc:
             raise StorageError(f"monitoring store {self.path}: {exc}") from exc
         return cur.rowcount
@@ -201,7 +201,7 @@ class PostgresTraceStore(MonitoringStore):
             raise ConnectError(f"monitoring store (postgres): {_first_line(exc)}") from exc
         except psycopg2.Error as exc:
             raise PermanentError(f"monitoring store (postgres): {_first_line(exc)}") from exc
-        self._upsert = _upsert(self.table, "%s", "GREATEST")
+        self._upsert = _upsert(self.table, "%s")
 
     def _run(self, fn: Any) -> Any:
         try:
@@ -232,7 +232,7 @@ class PostgresTraceStore(MonitoringStore):
     def purge(self, before_us: int) -> int:
         def go() -> int:
             with self._db.cursor() as cur:
-                cur.execute(f"DELETE FROM {self.table} WHERE updated_us < %s", (before_us,))
+                cur.execute(f"DELETE FROM {self.table} WHERE recorded_us < %s", (before_us,))
                 return int(cur.rowcount)
 
         result: int = self._run(go)
