@@ -288,3 +288,22 @@ def test_json_logs_carry_context_and_change_fields() -> None:
     finally:
         root.handlers[:] = saved[0]
         root.setLevel(saved[1])
+
+
+def test_check_opens_the_monitoring_store(tmp_path: Path) -> None:
+    sqlite3.connect(tmp_path / "s.db").execute("CREATE TABLE t (id INTEGER PRIMARY KEY)").close()
+    base = (
+        f"pipelines: [{{name: shop, source: {{kind: sqlite, path: {tmp_path}/s.db, tables: [t]}},"
+        f" transport: {{path: {tmp_path}/log}}, sink: {{kind: sqlite, path: {tmp_path}/d.db}}}}]\n"
+    )
+    good = tmp_path / "good.yaml"
+    good.write_text(base + f"monitoring: {{enabled: true, store: {{path: {tmp_path}/m/m.db}}}}\n")
+    result = runner.invoke(app, ["check", str(good)])
+    assert result.exit_code == 0, result.output
+    assert "monitoring store (sqlite): ok" in result.output
+    (tmp_path / "file").write_text("x")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(base + f"monitoring: {{enabled: true, store: {{path: {tmp_path}/file/m.db}}}}\n")
+    result = runner.invoke(app, ["check", str(bad)])
+    assert result.exit_code == 1
+    assert "monitoring store: error: monitoring store" in result.output

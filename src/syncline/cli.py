@@ -126,6 +126,15 @@ def check(config: ConfigArg) -> None:
         except SynclineError as exc:
             typer.echo(f"{p.name}: error: {exc}", err=True)
             failed = True
+    if cfg.monitoring.enabled:
+        from syncline.monitoring.store import open_store
+
+        try:
+            open_store(cfg.monitoring).close()
+            typer.echo(f"monitoring store ({cfg.monitoring.store.kind}): ok")
+        except SynclineError as exc:
+            typer.echo(f"monitoring store: error: {exc}", err=True)
+            failed = True
     raise typer.Exit(1 if failed else 0)
 
 
