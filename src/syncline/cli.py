@@ -1,4 +1,4 @@
-"""Command line: ``syncline run|check|demo|conflicts|dlq|slots``.
+"""Command line: ``syncline run|check|demo|conflicts|dlq|slots|trace``.
 
 Exit codes: 0 ok, 1 runtime failure, 2 usage or configuration error. A user
 error prints one line on stderr, never a traceback.
@@ -299,60 +299,12 @@ def conflicts_resolve(
     typer.echo(f"conflict {conflict_id} resolved: applied the incoming change{then}")
 
 
-@app.command()
-def trace(
-    config: ConfigArg,
-    table: Annotated[
-        str | None, typer.Option("--table", "-t", help="Source table (schema.table or name).")
-    ] = None,
-    key: Annotated[
-        str | None,
-        typer.Option("--key", "-k", help="Primary key as JSON, e.g. '{\"id\": 5}'."),
-    ] = None,
-    correlation_id: Annotated[
-        str | None, typer.Option("--id", help="A correlation id (cid) from a log line.")
-    ] = None,
-    pipeline: PipelineOpt = None,
-    limit: Annotated[int, typer.Option(help="At most this many changes, newest first.")] = 10,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-) -> None:
-    """Where is the change to a key? Captured, published, applied, or failed with what."""
-    import json
-
-    from syncline.monitoring.trace import find, render
-
-    try:
-        cfg = load_config(config)
-        if not cfg.monitoring.enabled:
-            raise ConfigError(
-                f"{config}: monitoring is not enabled (add monitoring: {{enabled: true}})"
-            )
-        if pipeline is not None:
-            cfg.pipeline(pipeline)  # a one-line error for an unknown name
-        records = find(
-            cfg.monitoring,
-            table=table,
-            key=key,
-            correlation_id=correlation_id,
-            pipeline=pipeline,
-            limit=limit,
-        )
-    except SynclineError as exc:
-        raise _fail(exc) from None
-    if as_json:
-        typer.echo(json.dumps([r.to_dict() for r in records], indent=2))
-        return
-    if not records:
-        what = f"id {correlation_id}" if correlation_id else f"{table} key {key}"
-        typer.echo(f"no recorded changes for {what} (within monitoring.retention_hours)")
-        raise typer.Exit(1)
-    for line in render(records):
-        typer.echo(line)
-
-
 def _register_subcommands() -> None:
     from syncline.cli_dlq import dlq_app
     from syncline.cli_slots import slots_app
+    from syncline.cli_trace import trace
+
+    app.command()(trace)
 
     app.add_typer(dlq_app, name="dlq")
     app.add_typer(slots_app, name="slots")
