@@ -107,11 +107,11 @@ def syncline(
 class SynclineProcess:
     """`syncline run CONFIG` in the background, killable at any moment."""
 
-    def __init__(self, config: Path, log: Path) -> None:
+    def __init__(self, config: Path, log: Path, extra: tuple[str, ...] = ()) -> None:
         self.log = log
         self._fh = open(log, "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "syncline", "run", str(config), "--log-level", "info"],
+            [sys.executable, "-m", "syncline", "run", str(config), "--log-level", "info", *extra],
             stdout=self._fh,
             stderr=subprocess.STDOUT,
             cwd=REPO,

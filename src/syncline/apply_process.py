@@ -45,6 +45,8 @@ def child_main(
     parent_pid: int,
     log_level: int,
     worker_id: str,
+    monitoring: dict[str, Any] | None = None,
+    log_format: str = "text",
 ) -> None:
     """Entry point of the child: run the apply loop, report, stop when told or orphaned."""
     _die_with_parent()
@@ -52,14 +54,24 @@ def child_main(
         os._exit(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    from syncline.observability.logs import bind_log_context, setup_logging
     from syncline.pipeline import Pipeline
 
+    setup_logging(log_level, log_format)
     try:
         pipe = Pipeline(PipelineConfig.model_validate(cfg_data), worker_id=worker_id)
     except SynclineError as exc:  # e.g. the log's disk refuses to open: the parent retries
         log.error("apply worker could not start: %s", exc)
         os._exit(1)
+    bind_log_context(pipeline=pipe.name)
+    monitor = None
+    if monitoring is not None:  # this process writes its own stage records
+        from syncline.config import MonitoringConfig
+        from syncline.monitoring.monitor import Monitor
+
+        monitor = Monitor(MonitoringConfig.model_validate(monitoring))
+        pipe.attach_monitor(monitor)
+        monitor.start()
     pipe.provide_schemas(schemas)
     tune_for_throughput()
     pipe.start(capture=False)
@@ -70,9 +82,10 @@ def child_main(
             os._exit(1)
         if done:
             pipe.stop_apply(timeout=10.0)
+        if monitor is not None and (done or not pipe.alive):
+            monitor.close()  # write the last records before the final report
         s = pipe.stats
-        lat = list(s.latencies_ms)[sent_latencies:] if len(s.latencies_ms) > sent_latencies else []
-        sent_latencies = len(s.latencies_ms)
+        lat, sent_latencies = s.latencies_since(sent_latencies)
         reports.put(
             {
                 "applied": s.applied,
@@ -89,6 +102,7 @@ def child_main(
                 "applied_end": pipe.applied_end,
                 "owned": pipe.owned,
                 "latencies": lat,
+                **s.child_report(),
             }
         )
         if done or not pipe.alive:
@@ -101,7 +115,12 @@ class ApplyProcess:
     """Parent-side handle: start the child, fold its reports into the parent's stats."""
 
     def __init__(
-        self, cfg: PipelineConfig, schemas: dict[str, TableSchema], worker_id: str
+        self,
+        cfg: PipelineConfig,
+        schemas: dict[str, TableSchema],
+        worker_id: str,
+        monitoring: dict[str, Any] | None = None,
+        log_format: str = "text",
     ) -> None:
         ctx = mp.get_context("spawn")
         self.stop_event = ctx.Event()
@@ -117,6 +136,8 @@ class ApplyProcess:
                 os.getpid(),
                 logging.getLogger().getEffectiveLevel(),
                 worker_id,
+                monitoring,
+                log_format,
             ),
             daemon=True,
         )

@@ -1,4 +1,4 @@
-"""Command line: ``syncline run|check|demo|conflicts|dlq|slots``.
+"""Command line: ``syncline run|check|demo|conflicts|dlq|slots|trace``.
 
 Exit codes: 0 ok, 1 runtime failure, 2 usage or configuration error. A user
 error prints one line on stderr, never a traceback.
@@ -33,12 +33,10 @@ ConfigArg = Annotated[
 ]
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def _setup_logging(level: str, fmt: str = "text") -> None:
+    from syncline.observability.logs import setup_logging
+
+    setup_logging(level, fmt, sys.stderr)
 
 
 def _fail(exc: SynclineError) -> typer.Exit:
@@ -76,17 +74,35 @@ def run(
             help="Serve the management REST API here (overrides api.listen; docs/api.md).",
         ),
     ] = None,
+    log_format: Annotated[
+        str, typer.Option(help="text (for people) or json (one object per line).")
+    ] = "text",
+    metrics: Annotated[
+        str | None,
+        typer.Option(
+            help="Serve Prometheus metrics at http://HOST:PORT/metrics (overrides metrics.listen).",
+            metavar="HOST:PORT",
+        ),
+    ] = None,
 ) -> None:
     """Run the pipelines until SIGINT/SIGTERM, then drain and exit."""
     from syncline.api.settings import resolve_settings
     from syncline.runtime import Runtime
 
-    _setup_logging(log_level)
     runtime: Runtime | None = None
+    server = None
     try:
+        _setup_logging(log_level, log_format)
         cfg = load_config(config)
         settings = resolve_settings(cfg.api, api)
-        runtime = Runtime(cfg, pipeline or (), role=role, worker_id=worker_id, api=settings)
+        runtime = Runtime(
+            cfg,
+            pipeline or (),
+            role=role,
+            worker_id=worker_id,
+            api=settings,
+            log_format=log_format,
+        )
         # Fail fast on what a user can fix (typo in a host, wrong password, missing
         # table); once running, outages are retried instead.
         for p in runtime.pipelines:
@@ -94,8 +110,18 @@ def run(
                 p.check(source=role != "apply", sink=role != "capture")
             except SynclineError as exc:
                 raise for_pipeline(exc, p.name) from exc
+        listen = metrics or cfg.metrics.listen
+        if listen:
+            from syncline.observability.prometheus import serve_metrics
+
+            pipes = runtime
+            server = serve_metrics(lambda: pipes.pipelines, listen)
         tune_for_throughput()
-        code = runtime.run(drain_timeout=drain_timeout)
+        try:
+            code = runtime.run(drain_timeout=drain_timeout)
+        finally:
+            if server is not None:
+                server.close()
     except SynclineError as exc:
         for p in runtime.pipelines if runtime is not None else ():
             p.transport.close()  # nothing was started; release the log files
@@ -129,6 +155,15 @@ def check(config: ConfigArg) -> None:
         except SynclineError as exc:
             typer.echo(f"syncline: error: {naming(p.name, str(exc))}", err=True)
             code = max(code, 2 if isinstance(exc, ConfigError) else 1)
+    if cfg.monitoring.enabled:
+        from syncline.monitoring.store import open_store
+
+        try:
+            open_store(cfg.monitoring).close()
+            typer.echo(f"monitoring store ({cfg.monitoring.store.kind}): ok")
+        except SynclineError as exc:
+            typer.echo(f"syncline: error: monitoring store: {exc}", err=True)
+            code = max(code, 1)
     raise typer.Exit(code)
 
 
@@ -296,6 +331,9 @@ def conflicts_resolve(
 def _register_subcommands() -> None:
     from syncline.cli_dlq import dlq_app
     from syncline.cli_slots import slots_app
+    from syncline.cli_trace import trace
+
+    app.command()(trace)
 
     app.add_typer(dlq_app, name="dlq")
     app.add_typer(slots_app, name="slots")

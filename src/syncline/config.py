@@ -369,9 +369,72 @@ class ApiConfig(_Model):
         return v
 
 
+class MetricsConfig(_Model):
+    """Prometheus ``/metrics`` endpoint of ``syncline run`` (``--metrics`` overrides it)."""
+
+    listen: str | None = None  # HOST:PORT, e.g. 0.0.0.0:9464
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_listen(v)
+        return v
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``HOST:PORT``, ``:PORT`` or ``PORT`` → (host, port); ValueError names what is wrong."""
+    host, sep, port = text.strip().rpartition(":")
+    if not sep:
+        host = ""
+    host = host.strip("[]") or "0.0.0.0"
+    if not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ValueError(f"{text!r} is not HOST:PORT (port 0-65535; 0 picks a free one)")
+    return host, int(port)
+
+
+class SqliteMonitoringStore(_Model):
+    kind: Literal["sqlite"] = "sqlite"
+    path: str = "./.syncline/monitoring.db"
+
+
+class PostgresMonitoringStore(_Model):
+    kind: Literal["postgres"]
+    dsn: str
+
+
+MonitoringStoreConfig = Annotated[
+    SqliteMonitoringStore | PostgresMonitoringStore, Field(discriminator="kind")
+]
+
+
+class MonitoringConfig(_Model):
+    """Per-change stage records (captured, published, applied, failed) for ``syncline trace``.
+
+    Recorded off the data path: a bounded queue per process that a writer thread
+    drains into the store; when the queue is full, records are dropped and counted,
+    never waited for. ``sample`` keeps that fraction of keys (every change of a kept key).
+    """
+
+    enabled: bool = False
+    store: MonitoringStoreConfig = Field(default_factory=SqliteMonitoringStore)
+    retention_hours: float = Field(default=72.0, gt=0)
+    sample: float = Field(default=1.0, ge=0.0, le=1.0)
+    queue_size: int = Field(default=100_000, ge=1, le=10_000_000)  # records per process
+
+    @field_validator("store", mode="before")
+    @classmethod
+    def _sqlite_by_default(cls, v: Any) -> Any:
+        if isinstance(v, dict) and "kind" not in v:
+            return {**v, "kind": "sqlite"}
+        return v
+
+
 class Config(_Model):
     pipelines: list[PipelineConfig] = Field(min_length=1)
     api: ApiConfig | None = None
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
 
     @model_validator(mode="after")
     def _unique_names(self) -> Config:
@@ -420,7 +483,7 @@ def _loc(loc: tuple[int | str, ...]) -> str:
         if isinstance(part, int):
             out += f"[{part}]"
         elif part in ("postgres", "sqlite", "embedded", "kafka") and out.endswith(
-            ("source", "sink", "transport")
+            ("source", "sink", "transport", "store")
         ):
             continue  # pydantic's discriminator tag adds noise to the path
         else:

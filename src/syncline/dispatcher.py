@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import msgspec
 
@@ -29,12 +30,15 @@ from syncline.config import PipelineConfig
 from syncline.dlq import DEAD, BlockedKey, DeadLetter, DeadLetterStore, NewDeadLetter
 from syncline.errors import DataError, PermanentError, TransientError
 from syncline.events import Change, decode_key, decode_value
-from syncline.metrics import PipelineStats
+from syncline.metrics import PipelineStats, count_table_ops
 from syncline.retry import Backoff
 from syncline.sinks.base import ApplyResult, Sink
 from syncline.sinks.leases import mark_partition, replay_mark
 from syncline.transforms.chain import Chain
 from syncline.transports.base import Delivered
+
+if TYPE_CHECKING:
+    from syncline.monitoring.monitor import PipelineMonitor
 
 log = logging.getLogger("syncline.dispatch")
 
@@ -97,11 +101,14 @@ class Dispatcher:
         self._hold = cfg.dlq.on_blocked_key == "hold"
         self.positions: dict[int, int] = {}
         self.owned: set[int] = set()
-        self.last_batch: list[Change] = []  # the changes of the last batch (for latency)
+        # the changes of the last batch that the target committed (for latency)
+        self.last_batch: list[Change] = []
         self._blocked: set[BlockedKey] = set()
         self._stored: set[tuple[int, int]] = set()  # positions already in the queue
         self._version = -1
         self._next_check = 0.0
+        self.monitor: PipelineMonitor | None = None  # per-change stage records, if enabled
+        self.batch_id = ""  # "<partition>:<offset>+<count>" of the batch being applied (logs)
 
     # ---- start -----------------------------------------------------------------------
 
@@ -137,10 +144,13 @@ class Dispatcher:
 
     def apply(self, delivered: Sequence[Delivered]) -> ApplyResult:
         """Apply a batch; afterwards ``positions`` covers every delivered record."""
+        if delivered:
+            first = delivered[0]
+            self.batch_id = f"{first.partition}:{first.offset}+{len(delivered)}"
         items = self._decode(delivered)
         if self._blocked or self._stored:
             items = self._set_aside(items)
-        self.last_batch = [it.change for it in items]
+        self.last_batch = []
         result = ApplyResult()
         prefix = _Positions(self.positions, delivered)
         for start, end in origin_runs([it.change for it in items]):
@@ -213,6 +223,12 @@ class Dispatcher:
             self.store.add(held, hold_open_keys=True)
             self.stats.held += len(held)
             self.stats.dlq_open += len(held)
+            if self.monitor is not None:
+                blocked = {(h.partition, h.offset) for h in held}
+                self.monitor.held(
+                    [it for it in items if (it.record.partition, it.record.offset) in blocked],
+                    "held behind an earlier dead-lettered change of its key",
+                )
         return keep
 
     def _apply_items(
@@ -247,28 +263,51 @@ class Dispatcher:
             result.applied += done.applied
             result.skipped += done.skipped
             result.conflicts += done.conflicts
+            self._committed(items)
             return
         assert failure is not None
         if len(items) == 1:
             attempts = self.cfg.dlq.max_attempts
-            self._dead_letter(items[0].record, failure, attempts=attempts, since=first_failed)
+            self._dead_letter(
+                items[0].record,
+                failure,
+                attempts=attempts,
+                since=first_failed,
+                change=items[0].change,
+            )
             return
         log.info(
             "pipeline %s: a batch of %d events failed (%s); bisecting to find the bad ones",
             self.cfg.name,
             len(items),
             failure,
+            extra={"batch": self.batch_id},
         )
         mid = len(items) // 2
         self._apply_items(items[:mid], prefix, result, 1)
         self._apply_items(items[mid:], prefix, result, 1)
+
+    def _committed(self, items: list[_Item]) -> None:
+        """Per-(table, op) counts, and stage records, of a run the target just committed."""
+        self.stats.applied_by.update(
+            count_table_ops([it.record.table for it in items], [it.change.event.op for it in items])
+        )
+        self.last_batch.extend([it.change for it in items])
+        if self.monitor is not None:
+            self.monitor.applied(items)
 
     def _permanent_backoff(self) -> Backoff:
         r = self.cfg.retry
         return Backoff(base=r.initial_delay_ms / 1000.0, cap=r.max_delay_ms / 1000.0)
 
     def _dead_letter(
-        self, d: Delivered, exc: Exception, *, attempts: int, since: float | None = None
+        self,
+        d: Delivered,
+        exc: Exception,
+        *,
+        attempts: int,
+        since: float | None = None,
+        change: Change | None = None,
     ) -> None:
         assert self.store is not None
         self.store.add(
@@ -291,6 +330,10 @@ class Dispatcher:
             self._blocked.add((d.table, d.key))
         self.stats.dead_lettered += 1
         self.stats.dlq_open += 1
+        op = change.event.op if change is not None else "?"
+        self.stats.dead_lettered_by[(d.table, op)] += 1
+        if self.monitor is not None:
+            self.monitor.failed(d.table, d.key, change, f"{type(exc).__name__}: {exc}", d)
         log.error(
             "pipeline %s: event %s:%d of %s (key %s) dead-lettered: %s",
             self.cfg.name,
@@ -299,6 +342,7 @@ class Dispatcher:
             d.table,
             d.key.decode("utf-8", "replace"),
             exc,
+            extra=change_fields(self.cfg.name, d, change, self.batch_id),
         )
 
     # ---- replays ---------------------------------------------------------------------
@@ -340,6 +384,13 @@ class Dispatcher:
             except (msgspec.DecodeError, UnicodeDecodeError, PermanentError) as exc:
                 self.store.fail_replay(entry.id, type(exc).__name__, str(exc), hold_rest=self._hold)
                 failed += 1
+                if self.monitor is not None:
+                    self.monitor.failed(
+                        entry.source_table,
+                        entry.key,
+                        _decoded(entry.key, entry.value),
+                        f"replay: {type(exc).__name__}: {exc}",
+                    )
                 log.error(
                     "pipeline %s: replay of dead-letter #%d failed again: %s",
                     self.cfg.name,
@@ -354,6 +405,8 @@ class Dispatcher:
                 raise
             self.store.finish_replay(entry.id)
             replayed += 1
+            if self.monitor is not None:
+                self.monitor.replayed(entry.source_table, entry.key, change)
         self.stats.replayed += replayed
         if replayed or failed:
             log.info(
@@ -362,6 +415,31 @@ class Dispatcher:
                 replayed,
                 failed,
             )
+
+
+def _decoded(key: bytes, value: bytes) -> Change | None:
+    try:
+        return Change(decode_key(key), decode_value(value))
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        return None
+
+
+def change_fields(
+    pipeline: str, d: Delivered, change: Change | None, batch: str = ""
+) -> dict[str, object]:
+    """Log fields naming one change: table, key, positions and its correlation id."""
+    from syncline.monitoring.records import correlation_id, position_of
+
+    position = position_of(change.event.source) if change is not None else None
+    return {
+        "table": d.table,
+        "key": d.key.decode("utf-8", "replace"),
+        "position": position,
+        "partition": d.partition,
+        "offset": d.offset,
+        "cid": correlation_id(pipeline, d.table, d.key, position) if position else None,
+        "batch": batch or None,
+    }
 
 
 def origin_runs(changes: list[Change]) -> list[tuple[int, int]]:

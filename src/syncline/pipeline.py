@@ -20,7 +20,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from syncline.config import PipelineConfig
 from syncline.dispatcher import Dispatcher, origin_runs
@@ -28,13 +28,17 @@ from syncline.dlq import DeadLetterStore, check_dlq_dir
 from syncline.errors import PermanentError, SynclineError, TransientError
 from syncline.events import encode_key, encode_value, now_us
 from syncline.factory import build_sink, build_source, build_transport
-from syncline.metrics import PipelineStats
+from syncline.metrics import PipelineStats, count_table_ops
+from syncline.observability.logs import bind_log_context
 from syncline.retry import Backoff
 from syncline.schema import TableSchema, decode_schemas, encode_schemas
 from syncline.sinks.base import Sink
 from syncline.sources.base import Source
 from syncline.transforms import build_chain
 from syncline.transports.base import Consumer, Producer, Record, Transport
+
+if TYPE_CHECKING:
+    from syncline.monitoring.monitor import Monitor, PipelineMonitor
 
 log = logging.getLogger("syncline.pipeline")
 
@@ -74,6 +78,12 @@ class Pipeline:
         self._apply_thread: threading.Thread | None = None
         self.sides = (True, True)  # (capture, apply) as last started
         self.failure: SynclineError | None = None
+        self.monitor: PipelineMonitor | None = None  # stage records (monitoring.enabled)
+        self.log_format = "text"  # for an apply child process
+
+    def attach_monitor(self, monitor: Monitor) -> None:
+        """Record per-change stages through ``monitor`` (call before ``start``)."""
+        self.monitor = monitor.for_pipeline(self.cfg, self.stats)
 
     # ---- lifecycle -------------------------------------------------------------------
 
@@ -207,11 +217,17 @@ class Pipeline:
         return not any(t.is_alive() for t in self._threads)
 
     @property
+    def applies(self) -> bool:
+        """Whether this process runs the pipeline's apply side (itself or in its child)."""
+        return self._apply_thread is not None
+
+    @property
     def alive(self) -> bool:
         return any(t.is_alive() for t in self._threads)
 
     def _guard(self, loop: Callable[[], None]) -> Callable[[], None]:
         def run() -> None:
+            bind_log_context(pipeline=self.name)
             try:
                 loop()
             except SynclineError as exc:
@@ -300,12 +316,14 @@ class Pipeline:
     def _capture(self, source: Source, producer: Producer, backoff: Backoff) -> None:
         max_events = self.cfg.batch.max_events
         stats = self.stats
+        monitor = self.monitor
         if stats.state == "starting":
             stats.state = "running"
         while not self._stop_capture.is_set():
             batch = source.read(max_events, 0.1)
             if batch is None:
                 continue
+            captured_us = now_us() if monitor is not None else 0
             records = [
                 Record(
                     ch.event.source.schema + "." + ch.event.source.table,
@@ -314,10 +332,16 @@ class Pipeline:
                 )
                 for ch in batch.changes
             ]
+            by = count_table_ops([r.table for r in records], [c.event.op for c in batch.changes])
+            stats.captured_by.update(by)
             producer.publish(records, batch.checkpoint)
+            published_us = now_us() if monitor is not None else 0
             source.ack(batch.checkpoint)
+            if monitor is not None and records:
+                monitor.published(batch.changes, records, captured_us, published_us)
             stats.captured += len(records)
             stats.published += len(records)
+            stats.published_by.update(by)
             stats.source_checkpoint = batch.checkpoint
             if stats.state == "snapshot" and (
                 not batch.changes or batch.changes[-1].event.source.snapshot != "true"
@@ -338,7 +362,14 @@ class Pipeline:
         backoff = self._backoff()
         stats = self.stats
         while not self._stop_apply.is_set():
-            child = ApplyProcess(self.cfg, self._schemas or {}, self.worker_id)
+            child = ApplyProcess(
+                self.cfg,
+                self._schemas or {},
+                self.worker_id,
+                monitoring=None if self.monitor is None else self.monitor.config.model_dump(),
+                log_format=self.log_format,
+            )
+            base_by = stats.child_base()
             base = (
                 stats.applied,
                 stats.skipped,
@@ -353,6 +384,7 @@ class Pipeline:
                     report = child.next_report(0.2)
                     if report is not None:
                         self._absorb(report, base)
+                        stats.absorb_child(report, base_by)
                         if report["failed"]:
                             raise PermanentError(report["error"] or "apply worker failed")
                     elif not child.proc.is_alive():
@@ -361,6 +393,7 @@ class Pipeline:
                 child.stop(timeout=10.0)
                 while (report := child.next_report(0)) is not None:
                     self._absorb(report, base)
+                    stats.absorb_child(report, base_by)
             if not self._stop_apply.is_set():
                 exc = TransientError(f"apply worker exited with code {child.proc.exitcode}")
                 if self._stop_apply.wait(self._degraded("apply", exc, backoff)):
@@ -404,6 +437,7 @@ class Pipeline:
                 dispatcher = Dispatcher(
                     self.cfg, sink, self._chain, self.stats, store, self._stop_apply
                 )
+                dispatcher.monitor = self.monitor
                 self._apply_owned(sink, dispatcher, backoff)
             except TransientError as exc:
                 if self._stop_apply.wait(self._degraded("apply", exc, backoff)):
@@ -500,6 +534,7 @@ class Pipeline:
                 last_commit = time.monotonic()
             stats.applied += result.applied
             stats.skipped += result.skipped
+            stats.conflicts += result.conflicts
             stats.batches += 1
             stats.record_latencies(
                 [

@@ -23,8 +23,11 @@ from syncline.metrics import pretty_bytes
 from syncline.pipeline import Pipeline
 
 if TYPE_CHECKING:
+    from prometheus_client.registry import CollectorRegistry
+
     from syncline.api.server import ApiServer
     from syncline.api.settings import ApiSettings
+    from syncline.monitoring.monitor import Monitor
 
 log = logging.getLogger("syncline.runtime")
 
@@ -71,6 +74,7 @@ class Runtime:
         role: str = "all",
         worker_id: str | None = None,
         api: ApiSettings | None = None,
+        log_format: str = "text",
     ) -> None:
         if role not in ROLES:
             raise ConfigError(f"--role must be one of {', '.join(ROLES)}, not {role!r}")
@@ -90,6 +94,22 @@ class Runtime:
         self.api_server: ApiServer | None = None
         self.lock = threading.RLock()  # one management change at a time
         self._watch = _ApplyWatch()
+        self._log_format = log_format
+        self.monitor: Monitor | None = None
+        if config.monitoring.enabled:
+            from syncline.monitoring.monitor import Monitor
+
+            self.monitor = Monitor(config.monitoring)
+        for p in self.pipelines:
+            p.log_format = log_format
+            if self.monitor is not None:
+                p.attach_monitor(self.monitor)
+
+    def metrics_registry(self) -> CollectorRegistry:
+        """A Prometheus registry reading these pipelines' stats at scrape time."""
+        from syncline.observability.prometheus import build_registry
+
+        return build_registry(lambda: self.pipelines)
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -107,6 +127,8 @@ class Runtime:
 
             self.api_server = ApiServer(self, self.api)
             self.api_server.start()
+        if self.monitor is not None:
+            self.monitor.start()
         for p in self.pipelines:
             self._start(p)
         last_status = time.monotonic()
@@ -173,6 +195,8 @@ class Runtime:
                 child.join(1.0)
         for p in self.pipelines:
             log.info("pipeline %s stopped (%s): applied=%d", p.name, p.stats.state, p.stats.applied)
+        if self.monitor is not None:
+            self.monitor.close()
 
     # ---- management (the API calls these under ``lock``) -------------------------------
 
@@ -186,6 +210,9 @@ class Runtime:
     def build(self, cfg: PipelineConfig, check: bool = True) -> Pipeline:
         """A pipeline for ``cfg`` (checked like ``syncline run`` does), not started."""
         p = Pipeline(cfg, worker_id=_worker_id(cfg.name, self.role, self._worker_id))
+        p.log_format = self._log_format
+        if self.monitor is not None:
+            p.attach_monitor(self.monitor)
         if check:
             try:
                 p.check(source=self.role != "apply", sink=self.role != "capture")

@@ -1,0 +1,1 @@
+"""Prometheus metrics and structured logs (the monitoring store is ``syncline.monitoring``)."""
