@@ -356,7 +356,7 @@ def test_conflicts_list_show_and_resolve(tmp_path: Path, harness: list[ApiHarnes
         "POST", "/api/v1/pipelines/shop/conflicts/1/resolve", "operator", json={"use": "mine"}
     )
     assert wrong.status_code == 422
-    assert wrong.json() == {"error": "use: Input should be 'incoming' or 'current'"}
+    assert wrong.json() == {"error": "use: Input should be 'incoming' or 'current' (got 'mine')"}
     res = api.call(
         "POST", "/api/v1/pipelines/shop/conflicts/1/resolve", "operator", json={"use": "incoming"}
     )
@@ -413,7 +413,7 @@ def test_config_validate(tmp_path: Path, harness: list[ApiHarness]) -> None:
         "POST", "/api/v1/config/validate", "viewer", json={"name": "Bad Name"}
     ).json()
     assert pipeline_error["valid"] is False
-    assert pipeline_error["error"].startswith("pipeline: name: String should match pattern")
+    assert pipeline_error["error"].startswith("pipeline: name: use lowercase letters, digits")
     assert "source: Field required" in pipeline_error["error"]
 
 

@@ -64,6 +64,7 @@ def rows(path: Path, query: str = "SELECT id, qty FROM orders ORDER BY id") -> l
 
 
 def write_config(tmp_path: Path, **dlq: Any) -> Path:
+    dlq = {"max_attempts": 2, **dlq}
     extra = "".join(f"\n      {k}: {v}" for k, v in dlq.items())
     path = tmp_path / "syncline.yaml"
     path.write_text(
@@ -76,8 +77,7 @@ pipelines:
     batch: {{max_events: 100, max_wait_ms: 5}}
     apply_in: thread
     retry: {{initial_delay_ms: 10, max_delay_ms: 50}}
-    dlq:
-      max_attempts: 2{extra}
+    dlq:{extra}
 """
     )
     return path

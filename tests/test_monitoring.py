@@ -306,4 +306,4 @@ def test_check_opens_the_monitoring_store(tmp_path: Path) -> None:
     bad.write_text(base + f"monitoring: {{enabled: true, store: {{path: {tmp_path}/file/m.db}}}}\n")
     result = runner.invoke(app, ["check", str(bad)])
     assert result.exit_code == 1
-    assert "monitoring store: error: monitoring store" in result.output
+    assert "syncline: error: monitoring store:" in result.output
