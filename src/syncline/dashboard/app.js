@@ -13,6 +13,7 @@ const ACTIVE = new Set(["running", "snapshot", "starting", "degraded", "standby"
 
 const state = {
   me: null, // {name, role, open_access}
+  session: 0, // bumped at each sign-in and sign-out
   cards: new Map(), // pipeline name -> card
   selected: null,
   timer: null,
@@ -106,6 +107,7 @@ async function signIn() {
     showLogin(`The API did not answer: ${err.message}`);
     return;
   }
+  state.session += 1;
   $("login").hidden = true;
   $("dashboard").hidden = false;
   $("who").textContent = state.me.open_access
@@ -128,6 +130,7 @@ function showLogin(message) {
 }
 
 function signOut(message) {
+  state.session += 1;
   token.clear();
   for (const card of state.cards.values()) card.el.remove();
   state.cards.clear();
@@ -154,39 +157,52 @@ function refreshNow() {
   tick();
 }
 
+// Each sign-in starts a session; answers that arrive for an older one (a poll in flight
+// while the user signed out) are dropped, and no further call goes out for it.
 async function tick() {
+  const session = state.session;
   state.ticking = true;
   try {
-    const list = await call("GET", "/pipelines");
-    syncCards(list);
-    const now = performance.now();
-    await Promise.all(
-      list.map((p) =>
-        call("GET", pipelinePath(p.name, "/status")).then(
-          (status) => updateCard(state.cards.get(p.name), status, now),
-          (err) => statusFailed(state.cards.get(p.name), err),
-        ),
-      ),
-    );
-    if (state.selected) await refreshDetail(state.selected);
-    $("updated").textContent = `updated ${fmtTime(new Date())}`;
-    if ($("banner").dataset.kind === "offline") hideBanner();
+    await poll(session);
   } catch (err) {
-    if (err instanceof ApiError && err.status === 401) {
-      reportError(err, "reading the pipelines");
-      return;
-    }
-    banner("offline", `Cannot read the pipelines: ${err.message}`, "retrying…");
+    if (session === state.session) pollFailed(err);
   } finally {
     state.ticking = false;
   }
   if (!state.me) return;
-  if (state.again) {
+  if (state.again || session !== state.session) {
     state.again = false;
     tick();
   } else {
     state.timer = setTimeout(tick, POLL_MS);
   }
+}
+
+async function poll(session) {
+  const list = await call("GET", "/pipelines");
+  if (session !== state.session) return;
+  syncCards(list);
+  const now = performance.now();
+  await Promise.all(
+    list.map((p) =>
+      call("GET", pipelinePath(p.name, "/status")).then(
+        (status) => session === state.session && updateCard(state.cards.get(p.name), status, now),
+        (err) => session === state.session && statusFailed(state.cards.get(p.name), err),
+      ),
+    ),
+  );
+  if (session !== state.session) return;
+  if (state.selected) await refreshDetail(state.selected);
+  $("updated").textContent = `updated ${fmtTime(new Date())}`;
+  if ($("banner").dataset.kind === "offline") hideBanner();
+}
+
+function pollFailed(err) {
+  if (err instanceof ApiError && err.status === 401) {
+    reportError(err, "reading the pipelines");
+    return;
+  }
+  banner("offline", `Cannot read the pipelines: ${err.message}`, "retrying…");
 }
 
 // ---------------------------------------------------------------- pipeline cards
@@ -350,11 +366,12 @@ async function select(name) {
 }
 
 async function refreshDetail(name) {
+  const session = state.session;
   const [dlq, conflicts] = await Promise.all([
     call("GET", pipelinePath(name, "/dlq")).catch((err) => err),
     call("GET", pipelinePath(name, "/conflicts")).catch((err) => err),
   ]);
-  if (state.selected !== name) return;
+  if (state.selected !== name || session !== state.session) return;
   renderIfChanged("dlq", dlq, () => renderDlq(name, dlq));
   renderIfChanged("conflicts", conflicts, () => renderConflicts(name, conflicts));
 }
@@ -552,7 +569,9 @@ function traceRecord(r) {
       h("span", { class: "mono", text: ` ${r.table} ${fmtKey(r.key)} ` }),
       h("span", { class: "muted", text: `op ${r.op || "?"} · position ${r.position} · id ${r.correlation_id || "–"}` }),
     ),
-    r.error ? h("p", { class: "error", text: r.error }) : null,
+    r.error && !r.stages.some((s) => s.detail && r.error.includes(s.detail))
+      ? h("p", { class: "error", text: r.error })
+      : null,
     h(
       "ol",
       { class: "stages" },
