@@ -377,6 +377,9 @@ def test_dashboard_in_chromium(tmp_path: Path, chromium: Any) -> None:
         shop.locator("button", has_text="Resume").click()
         expect(shop.locator(".badge")).to_have_text("running", timeout=15_000)
         assert wait_until(lambda: len(rows(shop_dst)) > applied, 15)
+        shop.locator("button", has_text="Restart").click()
+        expect(banner).to_contain_text("shop: restarted from the stored positions")
+        expect(shop.locator(".badge")).to_have_text("running", timeout=15_000)
         if HAS_MONITORING:
             page.click("#trace-form button[type=submit]")  # the replay applied it
             newest = results.locator(".trace-record").first
