@@ -17,7 +17,8 @@ demo: setup
 	$(BIN)/syncline demo
 
 # PostgreSQL server binaries for the throwaway test server (skipped when
-# SYNCLINE_TEST_PG_DSN points at a server with wal_level=logical).
+# SYNCLINE_TEST_PG_DSN points at a server with wal_level=logical), and Debian's
+# chromium for the dashboard test (Playwright drives it; no browser download).
 system-deps:
 	@scripts/system-deps.sh
 

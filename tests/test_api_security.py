@@ -40,6 +40,8 @@ ENDPOINTS: list[tuple[str, str, Any, str, int]] = [
     ("GET", "/api/v1/pipelines/ghost/conflicts/1", None, "viewer", 404),
     ("POST", "/api/v1/pipelines/ghost/conflicts/1/resolve", {"use": "current"}, "operator", 404),
     ("POST", "/api/v1/config/validate", {}, "viewer", 200),
+    ("GET", '/api/v1/pipelines/ghost/trace?table=t&key={"id":1}', None, "viewer", 404),
+    ("GET", "/api/v1/whoami", None, "viewer", 200),
 ]
 RANK = {"viewer": 0, "operator": 1, "admin": 2}
 CALLERS = [None, "not-a-valid-token-at-all", "viewer", "operator", "admin"]

@@ -10,12 +10,13 @@ from syncline.api.audit import AuditLog
 from syncline.api.auth import ApiGuard, Authenticator
 from syncline.api.context import ApiContext, secrets_of
 from syncline.api.errors import install_handlers
-from syncline.api.routes import config, conflicts, dlq, health, pipelines
+from syncline.api.routes import config, conflicts, dashboard, dlq, health, pipelines, session, trace
 from syncline.api.settings import ApiSettings
 from syncline.runtime import Runtime
 
 DESCRIPTION = """Manage the pipelines of a running `syncline run`: status, pause, resume,
-restart, create, update and delete, the dead-letter queue and parked conflicts.
+restart, create, update and delete, the dead-letter queue and parked conflicts, traces.
+The web dashboard is at `/dashboard/`.
 
 Send `Authorization: Bearer <token>`. Roles: **viewer** reads, **operator** also pauses,
 resumes, restarts, replays, purges and resolves, **admin** also creates, updates and
@@ -41,8 +42,10 @@ def create_app(runtime: Runtime, settings: ApiSettings, audit: AuditLog | None =
     install_handlers(app, ctx.secrets)
     secured = [Depends(_bearer)]
     app.include_router(health.router)
-    for module in (pipelines, dlq, conflicts, config):
+    secured_modules = (pipelines, dlq, conflicts, config, trace, session)
+    for module in secured_modules:
         app.include_router(module.router, dependencies=secured)
-    routes = [r for m in (pipelines, dlq, conflicts, config) for r in m.router.routes]
+    routes = [r for m in secured_modules for r in m.router.routes]
+    dashboard.mount(app)
     app.add_middleware(ApiGuard, routes=routes, auth=auth, audit=ctx.audit)
     return app

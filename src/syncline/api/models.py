@@ -195,3 +195,30 @@ class Health(BaseModel):
 class Deleted(BaseModel):
     name: str
     deleted: bool
+
+
+class Caller(BaseModel):
+    name: str
+    role: str = Field(description="viewer | operator | admin")
+    open_access: bool = Field(description="The API has no tokens: every local caller is admin.")
+
+
+class TraceStage(BaseModel):
+    stage: str = Field(
+        description="committed | captured | published | applied | dead_lettered | held"
+    )
+    at: str
+    at_us: int
+    detail: str
+
+
+class TraceEntry(BaseModel):
+    pipeline: str
+    table: str
+    key: Any
+    position: str
+    correlation_id: str | None
+    op: str | None
+    status: str
+    error: str | None
+    stages: list[TraceStage]

@@ -8,7 +8,7 @@ does not describe the databases behind it.
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, RedirectResponse
 
 from syncline import __version__
 from syncline.api.context import Ctx
@@ -18,9 +18,17 @@ from syncline.api.models import Health
 router = APIRouter(tags=["health"])
 
 
-@router.get("/", include_in_schema=False)
-def root() -> dict[str, str]:
-    return {"name": "syncline", "version": __version__, "api": "/api/v1", "docs": "/docs"}
+@router.get("/", include_in_schema=False, response_model=None)
+def root(request: Request) -> dict[str, str] | RedirectResponse:
+    if "text/html" in request.headers.get("accept", ""):  # a browser: show the dashboard
+        return RedirectResponse("/dashboard/", status_code=307)
+    return {
+        "name": "syncline",
+        "version": __version__,
+        "api": "/api/v1",
+        "docs": "/docs",
+        "dashboard": "/dashboard/",
+    }
 
 
 @router.get("/health/live", response_model=Health)
