@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from servers import PgServer, start_postgres
+from servers import NatsServer, PgServer, start_nats, start_postgres
 
 
 @pytest.fixture(scope="session")
@@ -43,3 +43,10 @@ def pg_source_dsn(new_pg_db: Callable[[], str]) -> str:
 @pytest.fixture
 def pg_target_dsn(new_pg_db: Callable[[], str]) -> str:
     return new_pg_db()
+
+
+@pytest.fixture(scope="session")
+def nats_server() -> Iterator[NatsServer]:
+    server = start_nats()
+    yield server
+    server.stop()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from syncline.config import (
     EmbeddedTransportConfig,
+    NatsTransportConfig,
     PostgresSinkConfig,
     PostgresSourceConfig,
     SinkConfig,
@@ -43,6 +44,12 @@ def build_transport(cfg: TransportConfig, pipeline: str) -> Transport:
         from syncline.transports.embedded import EmbeddedTransport
 
         return EmbeddedTransport(cfg, pipeline)
+    if isinstance(cfg, NatsTransportConfig):
+        try:
+            from syncline.transports.nats import NatsTransport
+        except ImportError as exc:
+            raise _missing_driver("NATS", "nats", exc) from exc
+        return NatsTransport(cfg, pipeline)
     raise ConfigError(f"unsupported transport kind {cfg.kind!r}")  # pragma: no cover
 
 
