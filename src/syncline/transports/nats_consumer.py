@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from syncline.transports.nats import NatsTransport
 
 PREFETCH = 1000  # records asked for per partition (at most max_ack_pending)
-BUFFER_BYTES = 2 * 1024 * 1024  # no top-up while a partition buffers more than this
+BUFFER_BYTES = 1024 * 1024  # bytes per pull request, and no top-up while more are buffered
 EXPIRES_S = 10.0  # a pull request's lifetime; an idle partition re-asks this often
 LOST_AFTER_S = EXPIRES_S + 5.0  # no answer by then: the request was lost (server restart)
 ACK_WAIT_S = 120.0
@@ -67,6 +67,7 @@ class _Part:
         self.unacked: deque[tuple[int, str]] = deque()  # returned, not yet committed
         self.error: SynclineError | None = None
         self.more = False  # the server has more records for it than it delivered so far
+        self.big = False  # the next record is larger than a pull request's byte budget
 
 
 def _ack_info(reply: str) -> tuple[int, int]:
@@ -92,7 +93,7 @@ class NatsConsumer(Consumer):
         self._rr = 0
         self._closed = False
         self._prefetch = max(1, min(PREFETCH, transport.config.max_ack_pending))
-        self._max_bytes = max(BUFFER_BYTES, transport.nc.max_payload + 65536)
+        self._big_bytes = transport.nc.max_payload + 65536
 
     # ---- positioning -----------------------------------------------------------------
 
@@ -174,6 +175,7 @@ class NatsConsumer(Consumer):
             except (ValueError, IndexError):
                 return
             part.more = more > 0
+            part.big = False
             if seq <= part.last:
                 return  # re-delivered after ack_wait: already handed out
             prev = int(hdrs.get(H_PREV, "-1")) if hdrs else -1
@@ -211,6 +213,8 @@ class NatsConsumer(Consumer):
         pending = hdrs.get("Nats-Pending-Messages")
         part.outstanding = max(0, part.outstanding - int(pending)) if pending else 0
         desc = hdrs.get("Description", "")
+        if status == "409" and "MaxBytes" in desc and not part.buf:
+            part.big = True  # one request sized for the largest record the server takes
         if status == "409" and "Deleted" in desc:
             with self._cond:
                 part.error = TransportError(
@@ -238,7 +242,7 @@ class NatsConsumer(Consumer):
             req = {
                 "batch": room,
                 "expires": int(EXPIRES_S * 1e9),
-                "max_bytes": self._max_bytes,
+                "max_bytes": self._big_bytes if part.big else BUFFER_BYTES,
             }
             try:
                 await nc.publish(
