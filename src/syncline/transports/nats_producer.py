@@ -47,7 +47,6 @@ from syncline.transports.nats_io import (
     H_PREV,
     H_TABLE,
     REQUEST_TIMEOUT_S,
-    api_description,
     decode_key,
     digest,
     encode_key,
@@ -92,6 +91,45 @@ class _State:
     pending: deque[tuple[int, str]] = field(default_factory=deque)  # (seq, digest) to match
 
 
+class _Acks:
+    """Publish acknowledgements on one inbox (nats-py's publish_async loses API errors)."""
+
+    def __init__(self, inbox: str) -> None:
+        self.prefix = inbox + "."
+        self._n = 0
+        self._futures: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self.sub: Any = None
+
+    async def subscribe(self, nc: Any) -> None:
+        self.sub = await nc.subscribe(self.prefix + "*", cb=self._on_reply)
+
+    def expect(self) -> tuple[str, asyncio.Future[dict[str, Any]]]:
+        self._n += 1
+        token = str(self._n)
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._futures[token] = fut
+        return self.prefix + token, fut
+
+    def forget(self, fut: asyncio.Future[dict[str, Any]]) -> None:
+        for token, f in list(self._futures.items()):
+            if f is fut:
+                del self._futures[token]
+        fut.cancel()
+
+    async def _on_reply(self, msg: Any) -> None:
+        fut = self._futures.pop(msg.subject[len(self.prefix) :], None)
+        if fut is None or fut.done():
+            return
+        status = (msg.headers or {}).get("Status")
+        if status == "503":
+            fut.set_result({"error": {"description": "no stream takes this subject"}})
+            return
+        try:
+            fut.set_result(_decode_json(msg.data))
+        except msgspec.DecodeError:
+            fut.set_result({"error": {"description": f"unreadable acknowledgement {msg.data!r}"}})
+
+
 class NatsProducer(Producer):
     def __init__(self, transport: NatsTransport) -> None:
         self._t = transport
@@ -102,6 +140,7 @@ class NatsProducer(Producer):
         self._kv_at = time.monotonic()
         self._kv_dirty = False
         self._closed = False
+        self._ack_inbox: _Acks | None = None
         self._state: _State | None = self._recover()
 
     # ---- recovery --------------------------------------------------------------------
@@ -309,26 +348,35 @@ class NatsProducer(Producer):
 
     async def _send(self, base: int, msgs: list[tuple[str, bytes, dict[str, str]]]) -> None:
         """Pipeline ``msgs``; at most ``publish_in_flight`` of them unconfirmed at any time."""
-        nc, js = self._t.nc, self._t.js
+        nc = self._t.nc
+        acks = await self._acks()
         every = max(1, self._in_flight // 4)
-        acks: deque[tuple[int, asyncio.Future[Any]]] = deque()
+        waiting: deque[tuple[int, asyncio.Future[dict[str, Any]]]] = deque()
         confirmed = -1
         last = len(msgs) - 1
         try:
             for j, (subject, payload, hdrs) in enumerate(msgs):
                 if j == last or j % every == every - 1:
-                    acks.append((j, await js.publish_async(subject, payload, headers=hdrs)))
+                    reply, fut = acks.expect()
+                    await nc.publish(subject, payload, reply=reply, headers=hdrs)
+                    waiting.append((j, fut))
                 else:
                     await nc.publish(subject, payload, headers=hdrs)
-                while acks and (j - confirmed >= self._in_flight or j == last):
-                    idx, fut = acks.popleft()
+                while waiting and (j - confirmed >= self._in_flight or j == last):
+                    idx, fut = waiting.popleft()
                     await self._confirm(fut, base + idx + 1)
                     confirmed = idx
         finally:
-            for _, fut in acks:
-                fut.cancel()
+            for _, fut in waiting:
+                acks.forget(fut)
 
-    async def _confirm(self, fut: asyncio.Future[Any], seq: int) -> None:
+    async def _acks(self) -> _Acks:
+        if self._ack_inbox is None:
+            self._ack_inbox = _Acks(self._t.nc.new_inbox())
+            await self._ack_inbox.subscribe(self._t.nc)
+        return self._ack_inbox
+
+    async def _confirm(self, fut: asyncio.Future[dict[str, Any]], seq: int) -> None:
         stream = self._names.stream
         try:
             ack = await asyncio.wait_for(fut, REQUEST_TIMEOUT_S)
@@ -337,17 +385,18 @@ class NatsProducer(Producer):
                 f"NATS stream {stream} did not acknowledge record {seq} within "
                 f"{REQUEST_TIMEOUT_S:.0f} s"
             ) from None
-        except nats.js.errors.APIError as exc:
+        error = ack.get("error")
+        if error is not None:
+            desc = f"{error.get('description', error)} (error {error.get('err_code', '?')})"
             raise TransportError(
-                f"NATS stream {stream} refused a batch at sequence {seq} "
-                f"({api_description(exc)}): the connection dropped mid-batch or another "
-                f"producer writes to the stream (is pipeline {self._names.pipeline} running "
-                "twice?); re-reading the stream"
-            ) from None
-        if ack.seq != seq or ack.duplicate:
+                f"NATS stream {stream} refused a batch at sequence {seq} ({desc}): the "
+                "connection dropped mid-batch or another producer writes to the stream (is "
+                f"pipeline {self._names.pipeline} running twice?); re-reading the stream"
+            )
+        if ack.get("seq") != seq or ack.get("duplicate"):
             raise TransportError(
-                f"NATS stream {stream} stored record {seq} at sequence {ack.seq}"
-                f"{' as a duplicate' if ack.duplicate else ''}; re-reading the stream"
+                f"NATS stream {stream} stored record {seq} at sequence {ack.get('seq')}"
+                f"{' as a duplicate' if ack.get('duplicate') else ''}; re-reading the stream"
             )
 
     def _save_kv(self, st: _State) -> None:
@@ -370,3 +419,8 @@ class NatsProducer(Producer):
         if self._state is not None:
             self._save_kv(self._state)
         self._closed = True
+        if self._ack_inbox is not None and self._ack_inbox.sub is not None:
+            try:
+                self._t.run(self._ack_inbox.sub.unsubscribe(), "closing the producer", 5.0)
+            except SynclineError as exc:
+                log.debug("NATS producer close: %s", exc)
