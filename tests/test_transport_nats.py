@@ -5,6 +5,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -286,3 +291,54 @@ pipelines:
         )
     )
     assert "hunter2" not in repr(cfg) and "hunter2" not in str(cfg.pipelines[0].transport)
+
+
+CHILD = textwrap.dedent(
+    """
+    import sys
+    from syncline.config import NatsTransportConfig
+    from syncline.events import encode_key
+    from syncline.transports.base import Record
+    from syncline.transports.nats import NatsTransport
+
+    cfg = NatsTransportConfig(kind="nats", servers=sys.argv[1].split(","), publish_in_flight=64)
+    prod = NatsTransport(cfg, sys.argv[2]).producer()
+    n = (prod.checkpoint() or {"n": 0})["n"]
+    while True:
+        batch = [Record("public.t", encode_key({"id": i % 97}), str(i).encode()) for i in range(n, n + 2000)]
+        prod.publish(batch, {"n": n + 2000})
+        n += 2000
+        print(n, flush=True)
+    """
+)
+
+
+def test_producer_killed_mid_batch_publishes_every_record_once(
+    nats: NatsServer, tmp_path: Path
+) -> None:
+    name = pipeline_name(tmp_path)
+    cut_short = 0
+    for round_ in range(5):
+        child = subprocess.Popen(
+            [sys.executable, "-c", CHILD, nats.url, name], stdout=subprocess.PIPE, text=True
+        )
+        assert child.stdout is not None
+        for _ in range(1 + round_ % 3):
+            assert child.stdout.readline()
+        time.sleep(0.013 * round_)
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait(30)
+        child.stdout.close()
+        t = make(nats, tmp_path, 4)
+        cut_short += bool(t.producer()._get_state().pending)
+        t.close()
+    assert cut_short  # some kill landed inside a batch (the case this test is about)
+    t = make(nats, tmp_path, 4)
+    prod = t.producer()
+    checkpoint = prod.checkpoint()
+    assert checkpoint is not None
+    stored = sorted(int(v) for v in values(t))
+    n = checkpoint["n"]
+    assert stored[:n] == list(range(n))  # everything up to the checkpoint, once ...
+    assert stored[n:] == list(range(n, n + len(stored) - n))  # ... then a prefix of the next batch
+    t.close()
