@@ -9,11 +9,11 @@ from pathlib import Path
 
 import nats
 import pytest
+from test_pipeline_nats_pg import nats_config
+from test_pipeline_pg import SELECT, SOURCE_DDL, TARGET_DDL, Writer
 
 from e2e_helpers import SynclineProcess, pg_exec, pg_rows, wait_until
 from servers import NatsServer, start_nats
-from test_pipeline_nats_pg import nats_config
-from test_pipeline_pg import SELECT, SOURCE_DDL, TARGET_DDL, Writer
 
 
 @pytest.fixture

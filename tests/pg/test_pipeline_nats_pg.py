@@ -7,9 +7,10 @@ import random
 import time
 from pathlib import Path
 
+from test_pipeline_pg import SELECT, SOURCE_DDL, TARGET_DDL, Writer
+
 from e2e_helpers import SynclineProcess, pg_exec, pg_rows, wait_until, write_config
 from servers import NatsServer
-from test_pipeline_pg import SELECT, SOURCE_DDL, TARGET_DDL, Writer
 
 
 def nats_config(
