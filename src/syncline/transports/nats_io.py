@@ -142,7 +142,9 @@ class Loop:
         fut = asyncio.run_coroutine_threadsafe(coro, self.loop)
         try:
             return fut.result(timeout)
-        except FutureTimeout:
+        except FutureTimeout as exc:  # also asyncio's timeouts from inside (the same class)
+            if fut.done():
+                raise translate(exc, doing) from exc
             fut.cancel()
             raise TransportError(
                 f"NATS did not answer within {timeout:.0f} s while {doing}"
