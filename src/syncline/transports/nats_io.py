@@ -64,14 +64,14 @@ class Names:
         if all(_TOKEN.match(t) for t in table.split(".")):
             return f"{self.prefix}.{partition}.{table}", None
         safe = ".".join(re.sub(r"[^A-Za-z0-9_$-]", "_", t) or "_" for t in table.split("."))
-        return f"{self.prefix}.{partition}.{safe}", table
+        return f"{self.prefix}.{partition}.{safe}", header_value(table)
 
     def partition_filter(self, partition: int) -> str:
         return f"{self.prefix}.{partition}.>"
 
     def table_of(self, subject: str, headers: dict[str, str] | None) -> str:
         if headers is not None and H_TABLE in headers:
-            return headers[H_TABLE]
+            return from_header_value(headers[H_TABLE])
         return subject.split(".", 3)[3]
 
     def durable(self, group: str, partition: int) -> str:
@@ -90,13 +90,31 @@ def kv_key(name: str) -> str:
 
 def encode_key(key: bytes) -> tuple[str, str]:
     """A record key as a header: as-is when it is printable ASCII, else base64."""
-    if _printable(key):
-        return H_KEY, key.decode()
+    if key.isascii():
+        text = key.decode()
+        if text.isprintable() and text.strip() == text:
+            return H_KEY, text
     return H_KEY_B64, base64.b64encode(key).decode()
 
 
-def _printable(b: bytes) -> bool:
-    return all(32 <= c < 127 for c in b) and not b.startswith(b" ") and not b.endswith(b" ")
+def header_value(text: str) -> str:
+    """``text`` as a header value: as-is when printable ASCII, else ``b64:`` + base64."""
+    if text.isascii() and text.isprintable() and text.strip() == text:
+        return text
+    return "b64:" + base64.b64encode(text.encode()).decode()
+
+
+def from_header_value(text: str) -> str:
+    return base64.b64decode(text[4:]).decode() if text.startswith("b64:") else text
+
+
+async def write(nc: Client, data: bytes) -> None:
+    """Hand ready protocol bytes (``HPUB`` lines) to the client's outgoing buffer."""
+    if nc.is_closed:
+        raise nats.errors.ConnectionClosedError
+    await nc._send_command(data)
+    if nc._flush_queue is not None and nc._flush_queue.empty():
+        await nc._flush_pending()
 
 
 def decode_key(headers: dict[str, str]) -> bytes:
