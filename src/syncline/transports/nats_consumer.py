@@ -33,7 +33,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from syncline.errors import StorageError, SynclineError, TransportError
 from syncline.transports.base import Consumer, Delivered
-from syncline.transports.nats_io import H_PREV, decode_key, log
+from syncline.transports.nats_io import H_PREV, decode_key, flat, log
 
 if TYPE_CHECKING:
     from syncline.transports.nats import NatsTransport
@@ -164,10 +164,10 @@ class NatsConsumer(Consumer):
         async def on_msg(msg: Msg) -> None:
             if part.gen != gen:
                 return
-            hdrs = msg.headers
-            status = hdrs.get("Status") if hdrs else None
+            hdrs = flat(msg.headers)
+            status = hdrs.get("Status")
             if status is not None:
-                await self._on_status(part, status, hdrs or {})
+                await self._on_status(part, status, hdrs)
                 return
             part.outstanding = max(0, part.outstanding - 1)
             try:
@@ -178,7 +178,7 @@ class NatsConsumer(Consumer):
             part.big = False
             if seq <= part.last:
                 return  # re-delivered after ack_wait: already handed out
-            prev = int(hdrs.get(H_PREV, "-1")) if hdrs else -1
+            prev = int(hdrs.get(H_PREV, "-1"))
             gap = None
             if prev >= 0:
                 if part.check_below is not None and prev >= part.check_below:
@@ -188,7 +188,7 @@ class NatsConsumer(Consumer):
                 part.check_below = None
                 part.last_ours = seq
             rec = Delivered(
-                part.p, seq, names.table_of(msg.subject, hdrs), decode_key(hdrs or {}), msg.data
+                part.p, seq, names.table_of(msg.subject, hdrs), decode_key(hdrs), msg.data
             )
             with self._cond:
                 if gap is not None:

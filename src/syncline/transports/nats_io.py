@@ -117,6 +117,15 @@ async def write(nc: Client, data: bytes) -> None:
         await nc._flush_pending()
 
 
+def flat(headers: dict[str, Any] | None) -> dict[str, str]:
+    """Headers as ``name → value``: nats-py gives lists when fast_mail_parser is installed."""
+    if not headers:
+        return {}
+    if any(isinstance(v, list) for v in headers.values()):
+        return {k: (v[0] if isinstance(v, list) and v else str(v)) for k, v in headers.items()}
+    return headers
+
+
 def decode_key(headers: dict[str, str]) -> bytes:
     v = headers.get(H_KEY)
     if v is not None:

@@ -49,6 +49,7 @@ from syncline.transports.nats_io import (
     REQUEST_TIMEOUT_S,
     decode_key,
     digest,
+    flat,
     encode_key,
     log,
     write,
@@ -172,7 +173,8 @@ class NatsProducer(Producer):
             got = await self._read(range(lo, hi + 1))
             msgs.update(got)
             for seq in sorted(got, reverse=True):
-                if H_CHECKPOINT in (got[seq].headers or {}):
+                got[seq].headers = flat(got[seq].headers)
+                if H_CHECKPOINT in got[seq].headers:
                     marker = seq
                     break
             hi = lo - 1
@@ -187,13 +189,15 @@ class NatsProducer(Producer):
                 log.warning("NATS stream %s: no checkpoint in the newest records", stream)
             checkpoint, covered = None, (last if last - hi >= SCAN_LIMIT else 0)
         missing = [s for s in range(max(covered + 1, first), last + 1) if s not in msgs]
-        msgs.update(await self._read(missing))
+        for seq, m in (await self._read(missing)).items():
+            m.headers = flat(m.headers)
+            msgs[seq] = m
         pending: deque[tuple[int, str]] = deque()
         for seq in sorted(s for s in msgs if s > covered):
             m = msgs[seq]
             if m.subject == self._names.ctl:
                 continue
-            hdrs = m.headers or {}
+            hdrs = m.headers
             table = self._names.table_of(m.subject, hdrs)
             pending.append((seq, digest(table, decode_key(hdrs), m.data or b"")))
         prev = await self._t.last_seqs()
@@ -320,12 +324,10 @@ class NatsProducer(Producer):
             seq += 1
             msg_id = f"{seq}-{digest(r.table, r.key, r.value)}"
             kname, kval = encode_key(r.key)
-            hdrs = (
-                f"{H_MSG_ID}: {msg_id}\r\n{H_EXPECT_SEQ}: {seq - 1}\r\n"
-                f"{kname}: {kval}\r\n{H_PREV}: {prev[p]}\r\n"
-            )
-            if last_id:
-                hdrs += f"{H_EXPECT_ID}: {last_id}\r\n"
+            # The first message names the sequence the stream must end at; each later
+            # one the id of the message before it (which holds its sequence).
+            expect = f"{H_EXPECT_ID}: {last_id}" if last_id else f"{H_EXPECT_SEQ}: {seq - 1}"
+            hdrs = f"{H_MSG_ID}: {msg_id}\r\n{expect}\r\n{kname}: {kval}\r\n{H_PREV}: {prev[p]}\r\n"
             if subj[1] is not None:
                 hdrs += f"{H_TABLE}: {subj[1]}\r\n"
             out.append((subj[0], r.value, hdrs))
