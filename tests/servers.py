@@ -286,7 +286,10 @@ class NatsServer:
 
 
 def start_nats(
-    cluster: int = 1, env_var: str | None = "SYNCLINE_TEST_NATS_URL", sync_always: bool = False
+    cluster: int = 1,
+    env_var: str | None = "SYNCLINE_TEST_NATS_URL",
+    sync_always: bool = False,
+    auth: tuple[str, str] | None = None,
 ) -> NatsServer:
     """A throwaway ``nats-server`` with JetStream, or a ``cluster`` of them on loopback.
 
@@ -310,6 +313,8 @@ def start_nats(
             "  sync_interval: always" if sync_always else "",
             "}",
         ]
+        if auth is not None:
+            lines.append(f'authorization {{ user: "{auth[0]}", password: "{auth[1]}" }}')
         if cluster > 1:
             routes = ", ".join(f"nats-route://127.0.0.1:{c}" for _, c in ports)
             lines += [

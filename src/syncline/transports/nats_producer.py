@@ -1,14 +1,15 @@
 """The NATS producer: pipelined appends chained by optimistic concurrency, exact recovery.
 
-Every message of a publish carries ``Nats-Expected-Last-Sequence`` (the
-sequence the stream must end at) and, from the second on,
-``Nats-Expected-Last-Msg-Id`` (the id of the message just before it). So the
-messages of a batch can be sent without waiting for each other: each one is
-stored only if everything before it was stored, in place, by us. A message that
-fails makes every later one fail too (no gap that would reorder a key), and a
-second writer (a zombie producer) breaks the chain and is refused. Only every
-``publish_in_flight // 4``-th message and the last ask for an acknowledgement:
-the acknowledgement of one message vouches for all before it.
+The first message of a publish carries ``Nats-Expected-Last-Sequence`` (the
+sequence the stream must end at) and every later one
+``Nats-Expected-Last-Msg-Id`` (the id of the message just before it, which
+contains its sequence). So the messages of a batch can be sent without waiting
+for each other: each one is stored only if everything before it was stored, in
+place, by us. A message that fails makes every later one fail too (no gap that
+would reorder a key), and a second writer (a zombie producer) breaks the chain
+and is refused. Only every ``publish_in_flight // 4``-th message and the last
+ask for an acknowledgement: the acknowledgement of one message vouches for all
+before it.
 
 The source checkpoint travels in a header of the batch's last message (or of a
 small control message on ``syncline.<pipeline>.ctl`` for a publish without
