@@ -306,8 +306,7 @@ CHILD = textwrap.dedent(
     from syncline.config import NatsTransportConfig
     from syncline.events import encode_key
     from syncline.transports.base import Record
-    from syncline.transports import nats_producer
-from syncline.transports.nats import NatsTransport
+    from syncline.transports.nats import NatsTransport
 
     cfg = NatsTransportConfig(kind="nats", servers=sys.argv[1].split(","), publish_in_flight=64)
     prod = NatsTransport(cfg, sys.argv[2]).producer()
@@ -328,15 +327,19 @@ def test_producer_killed_mid_batch_publishes_every_record_once(
     cut_short = 0
     for round_ in range(5):
         child = subprocess.Popen(
-            [sys.executable, "-c", CHILD, nats.url, name], stdout=subprocess.PIPE, text=True
+            [sys.executable, "-c", CHILD, nats.url, name],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
-        assert child.stdout is not None
+        assert child.stdout is not None and child.stderr is not None
         for _ in range(1 + round_ % 3):
-            assert child.stdout.readline()
+            assert child.stdout.readline(), child.stderr.read()
         time.sleep(0.013 * round_)
         os.kill(child.pid, signal.SIGKILL)
         child.wait(30)
         child.stdout.close()
+        child.stderr.close()
         t = make(nats, tmp_path, 4)
         cut_short += bool(t.producer()._get_state().pending)
         t.close()

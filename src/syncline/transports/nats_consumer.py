@@ -43,7 +43,7 @@ BUFFER_BYTES = 1024 * 1024  # bytes per pull request, and no top-up while more a
 EXPIRES_S = 10.0  # a pull request's lifetime; an idle partition re-asks this often
 LOST_AFTER_S = EXPIRES_S + 5.0  # no answer by then: the request was lost (server restart)
 ACK_WAIT_S = 120.0
-LINGER_S = 0.005  # wait for the rest of a batch already on its way
+LINGER_S = 0.05  # wait for the rest of a batch on its way (within the poll's timeout)
 
 
 class _Part:
@@ -131,7 +131,7 @@ class NatsConsumer(Consumer):
                 check = start if floor else None
             if info is not None:
                 await js.delete_consumer(stream, part.durable)
-            await js.add_consumer(
+            created = await js.add_consumer(
                 stream,
                 ConsumerConfig(
                     durable_name=part.durable,
@@ -153,6 +153,7 @@ class NatsConsumer(Consumer):
                 part.last = max(start, 1) - 1
                 part.check_below = check if check and check > 0 else None
                 part.last_ours = -1
+                part.more = bool(created.num_pending)
                 part.ready = True
         await self._top_up()
 
@@ -210,6 +211,8 @@ class NatsConsumer(Consumer):
     async def _on_status(self, part: _Part, status: str, hdrs: dict[str, str]) -> None:
         if status == "100":
             return  # idle heartbeat
+        if status in ("404", "408"):
+            part.more = False  # the request ran out: nothing is on its way
         pending = hdrs.get("Nats-Pending-Messages")
         part.outstanding = max(0, part.outstanding - int(pending)) if pending else 0
         desc = hdrs.get("Description", "")
@@ -306,7 +309,7 @@ class NatsConsumer(Consumer):
                 remaining = deadline - time.monotonic()
                 # Records are streaming in (the server said more are pending): wait for
                 # them a little, so a poll returns a full batch, not the first few.
-                coming = any(p.more and not p.buf for p in self._parts.values())
+                coming = any(p.more and p.outstanding and not p.buf for p in self._parts.values())
                 if remaining > 0 and (not out or (coming and len(out) < max_records)):
                     before = sum(len(p.buf) for p in self._parts.values())
                     self._cond.wait(min(remaining, LINGER_S if out else 1.0))
@@ -339,8 +342,9 @@ class NatsConsumer(Consumer):
         nc = self._t.nc
 
         async def ack() -> None:
-            for reply in acks:  # acknowledge-all: the newest one covers the ones before
-                await nc.publish(reply, b"+ACK")
+            # Acknowledge-all: the newest record covers the ones before. Confirmed, so a
+            # consumer of the group started right after resumes from here.
+            await asyncio.gather(*(nc.request(reply, b"+ACK", timeout=5.0) for reply in acks))
 
         self._t.run(ack(), f"committing offsets of group {self.group}", 10.0)
 
