@@ -50,8 +50,8 @@ from syncline.transports.nats_io import (
     REQUEST_TIMEOUT_S,
     decode_key,
     digest,
-    flat,
     encode_key,
+    flat,
     log,
     write,
 )
