@@ -10,7 +10,11 @@ once through syncline (`syncline run`, embedded log), on fresh databases.
       on the target stamps each applied row, so commit→applied latency is
       measured per change on the servers' own clock.
 
-Usage: python bench/run.py [--rows 200000] [--rate 2000] [--seconds 20] [--only bulk|oltp] [--write]
+With ``--transport nats`` syncline's log is NATS JetStream: a throwaway
+``nats-server -js`` on this machine (or ``BENCH_NATS_URL``), one stream per run.
+
+Usage: python bench/run.py [--rows 200000] [--rate 2000] [--seconds 20] [--only bulk|oltp]
+                           [--transport embedded|nats] [--write]
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import psycopg2
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
-from servers import PgServer, _pg_bindir, start_postgres  # noqa: E402
+from servers import NatsServer, PgServer, _pg_bindir, start_nats, start_postgres  # noqa: E402
 
 BULK_DDL = """CREATE TABLE public.bulk (
   id bigint PRIMARY KEY, customer text NOT NULL, status text NOT NULL,
@@ -120,16 +124,24 @@ class Syncline:
     label = "syncline (embedded log)"
 
     extra = ""  # set by --transforms-lww
+    nats: NatsServer | None = None  # set by --transport nats
+    runs = 0
+
+    def transport(self, tmp: Path) -> str:
+        if self.nats is None:
+            return f'{{kind: embedded, path: "{tmp / "log"}"}}'
+        return f"{{kind: nats, servers: [{self.nats.url}], stream: bench_{os.getpid()}_{Syncline.runs}}}"
 
     def __init__(self, src: str, dst: str, table: str, tmp: Path) -> None:
         self.src = src
+        Syncline.runs += 1
         cfg = tmp / f"{table}.yaml"
         cfg.write_text(
             f"""
 pipelines:
   - name: bench-{table}
     source: {{kind: postgres, dsn: "{src}", tables: [public.{table}], snapshot: never}}
-    transport: {{kind: embedded, path: "{tmp / "log"}"}}
+    transport: {self.transport(tmp)}
     sink: {{kind: postgres, dsn: "{dst}"{self.extra_sink(table)}}}
 {self.extra}"""
         )
@@ -301,7 +313,11 @@ def main() -> None:
         action="store_true",
         help="syncline runs a 3-step transform chain and LWW conflict resolution on the sink",
     )
+    ap.add_argument("--transport", choices=["embedded", "nats"], default="embedded")
     args = ap.parse_args()
+    if args.transport == "nats":
+        Syncline.label = "syncline (NATS JetStream)"
+        Syncline.nats = start_nats(env_var="BENCH_NATS_URL")
     if args.transforms_lww:
         Syncline.label = "syncline (transforms + LWW)"
         Syncline.extra = (
@@ -341,6 +357,8 @@ def main() -> None:
     finally:
         a.stop()
         b.stop()
+        if Syncline.nats is not None:
+            Syncline.nats.stop()
     report = render(out, args)
     print(report)
     if args.write:
@@ -351,6 +369,8 @@ def main() -> None:
 def render(out: dict[str, Result], args: argparse.Namespace) -> str:
     n, s = out[Native.label], out[Syncline.label]
     variant = " — syncline with a transform chain (filter, mask) and LWW" if Syncline.extra else ""
+    if Syncline.nats is not None:
+        variant += " — syncline's log is NATS JetStream (one local nats-server)"
     lines = [
         f"### {dt.date.today().isoformat()}{variant} — {machine()}",
         "",

@@ -10,7 +10,15 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from servers import KAFKA_HOW, KafkaBroker, PgServer, start_kafka, start_postgres
+from servers import (
+    KAFKA_HOW,
+    KafkaBroker,
+    NatsServer,
+    PgServer,
+    start_kafka,
+    start_nats,
+    start_postgres,
+)
 
 
 @pytest.fixture(scope="session")
@@ -53,3 +61,10 @@ def kafka_broker() -> Iterator[KafkaBroker]:
         pytest.skip(KAFKA_HOW)
     yield broker
     broker.stop()
+
+
+@pytest.fixture(scope="session")
+def nats_server() -> Iterator[NatsServer]:
+    server = start_nats()
+    yield server
+    server.stop()

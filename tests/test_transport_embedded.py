@@ -38,6 +38,10 @@ class TestEmbeddedContract(TransportContract):
     def make_transport(self, tmp_path: Path, partitions: int) -> Transport:
         return make(tmp_path / "log", partitions)
 
+    def age_out(self, transport: Transport) -> None:
+        assert isinstance(transport, EmbeddedTransport)
+        transport.enforce_retention(time.time_ns() // 1_000_000 + 2 * 168 * 3_600_000)
+
 
 @pytest.fixture
 def log_dir(tmp_path: Path) -> Path:

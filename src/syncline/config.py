@@ -13,6 +13,7 @@ import types
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -173,8 +174,67 @@ class KafkaTransportConfig(_Model):
         return self.topic_prefix or pipeline
 
 
+def redact_url(url: str) -> str:
+    """``nats://user:secret@host:4222`` → ``nats://host:4222``: for messages and logs."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    host = rest.rpartition("@")[2]
+    return f"{scheme}://{host}"
+
+
+class NatsTransportConfig(_Model):
+    """NATS JetStream as the log: one stream per pipeline, see docs/transports.md."""
+
+    kind: Literal["nats"]
+    servers: list[str] = Field(default_factory=lambda: ["nats://127.0.0.1:4222"], min_length=1)
+    stream: str | None = Field(
+        default=None, pattern=r"^[A-Za-z0-9_-]{1,64}$"
+    )  # syncline_<pipeline>
+    partitions: int = Field(default=4, ge=1, le=256)
+    replicas: int = Field(default=1, ge=1, le=5)
+    max_ack_pending: int = Field(default=10_000, ge=1, le=10_000_000)
+    publish_in_flight: int = Field(default=1000, ge=1, le=100_000)
+    retention_hours: float = Field(default=168.0, gt=0)
+    credentials: str | None = None  # path of a .creds file (JWT + NKey)
+    token: SecretStr | None = None
+    user: str | None = None
+    password: SecretStr | None = None
+    connect_timeout: float = Field(default=5.0, gt=0, le=300)
+
+    @field_validator("servers")
+    @classmethod
+    def _urls(cls, v: list[str]) -> list[str]:
+        for url in v:
+            parts = urlsplit(url)
+            try:
+                port = parts.port
+            except ValueError:
+                port = -1
+            if (
+                parts.scheme not in ("nats", "tls", "ws", "wss")
+                or not parts.hostname
+                or port == -1
+                or parts.path not in ("", "/")
+            ):
+                raise ValueError(
+                    f"{redact_url(url)!r} is not a NATS server URL "
+                    "(expected nats://host:port, tls://, ws:// or wss://)"
+                )
+        return v
+
+    @model_validator(mode="after")
+    def _auth(self) -> NatsTransportConfig:
+        if (self.user is None) != (self.password is None):
+            raise ValueError("user and password go together")
+        if self.token is not None and self.user is not None:
+            raise ValueError("use either token or user/password, not both")
+        return self
+
+
 TransportConfig = Annotated[
-    EmbeddedTransportConfig | KafkaTransportConfig, Field(discriminator="kind")
+    EmbeddedTransportConfig | NatsTransportConfig | KafkaTransportConfig,
+    Field(discriminator="kind"),
 ]
 
 
@@ -482,7 +542,7 @@ def _loc(loc: tuple[int | str, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in ("postgres", "sqlite", "embedded", "kafka") and out.endswith(
+        elif part in ("postgres", "sqlite", "embedded", "kafka", "nats") and out.endswith(
             ("source", "sink", "transport", "store")
         ):
             continue  # pydantic's discriminator tag adds noise to the path

@@ -5,6 +5,7 @@ from __future__ import annotations
 from syncline.config import (
     EmbeddedTransportConfig,
     KafkaTransportConfig,
+    NatsTransportConfig,
     PostgresSinkConfig,
     PostgresSourceConfig,
     SinkConfig,
@@ -50,6 +51,12 @@ def build_transport(cfg: TransportConfig, pipeline: str) -> Transport:
         except ImportError as exc:
             raise _missing_driver("Kafka", "kafka", exc) from exc
         return KafkaTransport(cfg, pipeline)
+    if isinstance(cfg, NatsTransportConfig):
+        try:
+            from syncline.transports.nats import NatsTransport
+        except ImportError as exc:
+            raise _missing_driver("NATS", "nats", exc) from exc
+        return NatsTransport(cfg, pipeline)
     raise ConfigError(f"unsupported transport kind {cfg.kind!r}")  # pragma: no cover
 
 
