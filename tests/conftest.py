@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -68,3 +69,12 @@ def nats_server() -> Iterator[NatsServer]:
     server = start_nats()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def pipes() -> Iterator[list[Any]]:
+    """Pipelines a test starts in this process; stopped (without draining) afterwards."""
+    started: list[Any] = []
+    yield started
+    for p in started:
+        p.stop(drain=False, timeout=10)

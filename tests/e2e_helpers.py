@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -225,3 +226,33 @@ class Writer(threading.Thread):
                         "DELETE FROM accounts WHERE id = %s", (rng.randint(1, self.next_id - 1),)
                     )
         conn.commit()
+
+
+# ---- in-process pipelines on SQLite (tests/test_dlq.py, tests/test_bad_input.py) ----------
+
+
+def sqlite_exec(path: Path, *stmts: str) -> None:
+    """Run statements on a SQLite file, each in its own autocommit transaction."""
+    db = sqlite3.connect(path, isolation_level=None)
+    try:
+        for s in stmts:
+            db.execute(s)
+    finally:
+        db.close()
+
+
+def start_pipeline(pipes: list[Any], config: Path) -> Any:
+    """Start the config's first pipeline in this process; the ``pipes`` fixture stops it."""
+    from syncline.config import load_config
+    from syncline.pipeline import Pipeline
+
+    pipe = Pipeline(load_config(config).pipelines[0])
+    pipes.append(pipe)
+    pipe.start()
+    return pipe
+
+
+def caught_up(pipe: Any) -> bool:
+    """The pipeline captured something and applied all the log holds (fails on a failure)."""
+    assert pipe.failure is None, pipe.failure
+    return bool(pipe.stats.captured > 0 and pipe.caught_up())

@@ -11,13 +11,16 @@ import os
 import random
 import sqlite3
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from typer.testing import CliRunner
 
+from e2e_helpers import caught_up as idle
+from e2e_helpers import sqlite_exec as sql
+from e2e_helpers import start_pipeline as start
 from e2e_helpers import syncline, wait_until
 from syncline.cli import app
 from syncline.config import load_config
@@ -327,15 +330,6 @@ def test_a_real_process_prints_one_line(tmp_path: Path) -> None:
 # ---- files, tables and keys: syncline check / run stop before anything runs ------------
 
 ORDERS = "CREATE TABLE orders (id INTEGER PRIMARY KEY, qty INTEGER)"
-
-
-def sql(path: Path, *stmts: str) -> None:
-    db = sqlite3.connect(path, isolation_level=None)
-    try:
-        for s in stmts:
-            db.execute(s)
-    finally:
-        db.close()
 
 
 def rows(path: Path, query: str = "SELECT * FROM orders ORDER BY id") -> list[Any]:
@@ -657,26 +651,6 @@ def test_a_real_process_stops_with_one_line_on_a_missing_target_table(tmp_path: 
 
 
 # ---- bad data at run time: set aside in the dead-letter queue, the rest flows ---------
-
-
-@pytest.fixture
-def pipes() -> Iterator[list[Pipeline]]:
-    started: list[Pipeline] = []
-    yield started
-    for p in started:
-        p.stop(drain=False, timeout=10)
-
-
-def start(pipes: list[Pipeline], config: Path) -> Pipeline:
-    pipe = Pipeline(load_config(config).pipelines[0])
-    pipes.append(pipe)
-    pipe.start()
-    return pipe
-
-
-def idle(pipe: Pipeline) -> bool:
-    assert pipe.failure is None, pipe.failure
-    return pipe.stats.captured > 0 and pipe.caught_up()
 
 
 def dlq_lines(config: Path) -> list[str]:

@@ -7,14 +7,15 @@ trigger that a test drops to "fix the cause".
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from typer.testing import CliRunner
 
-from e2e_helpers import wait_until
+from e2e_helpers import caught_up, wait_until
+from e2e_helpers import sqlite_exec as sql
+from e2e_helpers import start_pipeline as start
 from syncline.cli import app
 from syncline.config import PipelineConfig, load_config
 from syncline.dispatcher import Dispatcher
@@ -44,15 +45,6 @@ GUARD = (
     "CREATE TRIGGER no_negative_{op} BEFORE {op} ON orders WHEN NEW.qty < 0 "
     "BEGIN SELECT RAISE(ABORT, 'qty must not be negative'); END"
 )
-
-
-def sql(path: Path, *stmts: str) -> None:
-    db = sqlite3.connect(path, isolation_level=None)
-    try:
-        for s in stmts:
-            db.execute(s)
-    finally:
-        db.close()
 
 
 def rows(path: Path, query: str = "SELECT id, qty FROM orders ORDER BY id") -> list[Any]:
@@ -91,26 +83,6 @@ def shop(tmp_path: Path) -> Path:
     sql(src, ddl, "INSERT INTO orders VALUES (1, 1), (2, 2), (3, 3), (4, 4), (5, 5)")
     sql(dst, ddl, GUARD.format(op="INSERT"), GUARD.format(op="UPDATE"))
     return tmp_path
-
-
-@pytest.fixture
-def pipes() -> Iterator[list[Pipeline]]:
-    started: list[Pipeline] = []
-    yield started
-    for p in started:
-        p.stop(drain=False, timeout=10)
-
-
-def start(pipes: list[Pipeline], config: Path) -> Pipeline:
-    pipe = Pipeline(load_config(config).pipelines[0])
-    pipes.append(pipe)
-    pipe.start()
-    return pipe
-
-
-def caught_up(pipe: Pipeline) -> bool:
-    assert pipe.failure is None, pipe.failure
-    return pipe.stats.captured > 0 and pipe.caught_up()
 
 
 def cli(*args: str) -> Any:
